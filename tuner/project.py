@@ -1,0 +1,37 @@
+"""Where things live: the repository's folders, the run folders and the cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+TASKS_DIR = RECIPES / "tasks"
+HARDWARE_DIR = RECIPES / "hardware"
+BASE_RECIPE = RECIPES / "base.yaml"
+
+
+def runs_dir() -> Path:
+    """Run folders (`runs/TASK-HW/`); TUNER_RUNS moves them, e.g. onto a bigger disk."""
+    return Path(os.environ.get("TUNER_RUNS", ROOT / "runs"))
+
+
+def cache_dir() -> Path:
+    """Converted models and other derived files; TUNER_CACHE moves it."""
+    return Path(os.environ.get("TUNER_CACHE", ROOT / ".cache"))
+
+
+def run_dir(task: str, hardware: str) -> Path:
+    return runs_dir() / f"{task}-{hardware}"
+
+
+def portable(path: Path) -> str:
+    """A path as written into a composed config: relative to the repository root when
+    it lies inside it (so the config works from any clone, run from the root), else
+    absolute."""
+    path = path.resolve()
+    try:
+        return "./" + path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)

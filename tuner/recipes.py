@@ -1,0 +1,215 @@
+"""Load task recipes and hardware overlays and compose them into one Axolotl config.
+
+Order: `recipes/base.yaml`, then the task, then the hardware overlay, then what the
+task requires whatever the machine (`tuner.requires`), then the user's `key=value`
+overrides. Mappings merge deeply (the later layer wins); lists and scalars
+replace. Project metadata lives under the reserved key `tuner:` and is stripped before
+Axolotl sees the config.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.errors import TunerError
+from tuner.project import (
+    BASE_RECIPE,
+    HARDWARE_DIR,
+    ROOT,
+    TASKS_DIR,
+    portable,
+    run_dir,
+)
+
+META_KEY = "tuner"
+# Keys of a dataset entry that say where the data comes from; the rest says how to read it.
+DATASET_SOURCE_KEYS = ("path", "name", "split", "data_files", "revision", "ds_type")
+
+
+def task_names() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def hardware_names() -> list[str]:
+    return sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TunerError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunerError(f"{path}: expected a mapping of Axolotl keys, got {type(data).__name__}")
+    return data
+
+
+def _load_named(kind: str, name: str, folder: Path, valid: list[str]) -> dict[str, Any]:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise TunerError(
+            f"Unknown {kind} '{name}'. Valid {kind} names: {', '.join(valid)} "
+            f"(each is a file in {folder.relative_to(ROOT)}/)."
+        )
+    return load_yaml(path)
+
+
+def load_task(name: str) -> dict[str, Any]:
+    return _load_named("task", name, TASKS_DIR, task_names())
+
+
+def load_hardware(name: str) -> dict[str, Any]:
+    return _load_named("hardware", name, HARDWARE_DIR, hardware_names())
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: `over` merged into `base`; nested mappings merge, all else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs into a nested mapping. Values are read as YAML (so `lora_r=32` is
+    an int, `bf16=false` a bool, `lora_target_modules=[q_proj,v_proj]` a list); dotted
+    keys reach into mappings (`tuner.gpu.memory_gib=80`)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TunerError(
+                f"Override '{item}' is not of the form key=value (for example lora_r=32)."
+            )
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as err:
+            raise TunerError(f"Override '{item}': the value is not valid YAML: {err}") from err
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return overrides
+
+
+@dataclass
+class ComposedRecipe:
+    """One task on one machine: the Axolotl config and the project's metadata beside it."""
+
+    task: str
+    hardware: str
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.task, self.hardware)
+
+    @property
+    def gpu(self) -> dict[str, Any] | None:
+        return self.meta.get("gpu")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables the run needs (e.g. NCCL settings), by the overlay."""
+        return {k: str(v) for k, v in (self.meta.get("env") or {}).items()}
+
+    @property
+    def starts_from(self) -> str | None:
+        return self.meta.get("starts_from")
+
+    def to_yaml(self) -> str:
+        header = (
+            f"# Composed by `just config {self.task} {self.hardware}`: recipes/base.yaml + "
+            f"recipes/tasks/{self.task}.yaml + recipes/hardware/{self.hardware}.yaml"
+        )
+        if self.overrides:
+            header += " + overrides: " + ", ".join(_flatten_keys(self.overrides))
+        header += "\n# Plain Axolotl: `axolotl train` this file from the repository root.\n"
+        return header + yaml.dump(
+            self.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True
+        )
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes multi-line strings (prompt formats) as literal blocks, as a person would."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def _flatten_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys += _flatten_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def compose(task: str, hardware: str, overrides: list[str] | None = None) -> ComposedRecipe:
+    task_cfg = load_task(task)
+    hw_cfg = load_hardware(hardware)
+    user = parse_overrides(overrides or [])
+
+    # What the task's training method cannot do without (DPO cannot pack samples) holds
+    # on every machine, so it goes over the overlay; the user's word still comes last.
+    required = (task_cfg.get(META_KEY) or {}).get("requires") or {}
+    merged = load_yaml(BASE_RECIPE)
+    for layer in (task_cfg, hw_cfg, required, user):
+        merged = deep_merge(merged, layer)
+    meta = merged.pop(META_KEY, {}) or {}
+    config = merged
+
+    if meta.get("data") == "local" and "datasets" not in user:
+        config["datasets"] = local_datasets(task, task_cfg)
+    if meta.get("starts_from") and "base_model" not in user:
+        # The preference stage trains on top of the SFT model of the same machine,
+        # its adapter merged (`axolotl merge-lora` writes <output_dir>/merged).
+        config["base_model"] = portable(run_dir(meta["starts_from"], hardware) / "merged")
+    elif meta.get("model") == "embedded" and "base_model" not in user:
+        from tuner.models import embedded_model_dir
+
+        config["base_model"] = portable(embedded_model_dir())
+
+    out = run_dir(task, hardware)
+    config.setdefault("output_dir", portable(out))
+    config.setdefault("dataset_prepared_path", portable(out / "prepared"))
+    return ComposedRecipe(task, hardware, config, meta, user)
+
+
+def local_datasets(task: str, task_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's datasets pointed at its small local JSONL: how to read the data (type,
+    fields, roles) comes from the task's first dataset, so the local file must have the
+    real dataset's format for the run to work."""
+    meta = task_cfg.get(META_KEY) or {}
+    local = meta.get("local_data")
+    datasets = task_cfg.get("datasets") or []
+    if not local or not datasets:
+        raise TunerError(
+            f"recipes/tasks/{task}.yaml: the cpu overlay needs `tuner.local_data` (a JSONL "
+            "file in the real dataset's format) and at least one entry under `datasets`."
+        )
+    path = ROOT / local
+    if not path.is_file():
+        raise TunerError(f"recipes/tasks/{task}.yaml: tuner.local_data names {local}, not found.")
+    reader = {k: v for k, v in datasets[0].items() if k not in DATASET_SOURCE_KEYS}
+    return [{"path": portable(path), "ds_type": "json", "split": "train", **reader}]

@@ -1,0 +1,206 @@
+"""Run a composed recipe with Axolotl (preprocess, then train) and record the run.
+
+Axolotl runs as a subprocess of this environment's own `axolotl` command, from the
+repository root, on the config written to `runs/TASK-HW/config.yaml`: exactly what a
+user could run by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.hardware import check_machine, detect_gpus, gpu_profile
+from tuner.manifest import (
+    dataset_fingerprints,
+    git_commit,
+    library_versions,
+    read_manifest,
+    sha256_text,
+    write_manifest,
+)
+from tuner.project import ROOT, run_dir
+from tuner.recipes import ComposedRecipe, compose
+from tuner.validation import validate
+
+console = Console(stderr=True)
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Offline, quiet defaults; a value the user already set wins.
+DEFAULT_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def write_config(recipe: ComposedRecipe) -> Path:
+    out = recipe.run_dir / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(recipe.to_yaml())
+    return out
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders in step order."""
+    found = [p for p in output_dir.glob("checkpoint-*") if CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def loss_history(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, training loss) from the newest checkpoint's trainer state."""
+    saved = checkpoints(output_dir)
+    if not saved:
+        return []
+    state = json.loads((saved[-1] / "trainer_state.json").read_text())
+    return [(row["step"], float(row["loss"])) for row in state["log_history"] if "loss" in row]
+
+
+def axolotl_env(recipe: ComposedRecipe) -> dict[str, str]:
+    env = dict(os.environ)
+    # The axolotl launcher execs `accelerate` by name: this environment's bin comes first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for key, value in DEFAULT_ENV.items():
+        env.setdefault(key, value)
+    if recipe.meta.get("model") == "embedded":
+        env.update(OFFLINE_ENV)
+    env.update(recipe.env)
+    return env
+
+
+def run_logged(command: list[str], env: dict[str, str], log: Path) -> None:
+    """Run a command from the repository root, echoing its output and appending it to
+    the run's log."""
+    console.print(f"[bold]$ {' '.join(command)}[/bold]")
+    with log.open("a") as sink:
+        sink.write(f"\n$ {' '.join(command)}\n")
+        sink.flush()
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            sink.write(line)
+            sys.stderr.write(line)
+        code = process.wait()
+    if code != 0:
+        raise TunerError(
+            f"`{' '.join(command)}` failed with exit code {code}. Its output is in {log}; "
+            "the last lines above say why. Checkpoints already written are kept: run the "
+            "same command again to resume."
+        )
+
+
+def ensure_base_model(recipe: ComposedRecipe, env: dict[str, str], log: Path) -> None:
+    """Local base models must exist before Axolotl starts: the embedded default is
+    converted on first use, and a recipe that starts from another task's output gets
+    that output merged (or a clear word that the other task must be trained first)."""
+    if recipe.meta.get("model") == "embedded" and not recipe.starts_from:
+        from tuner.models import ensure_embedded_model
+
+        ensure_embedded_model()
+        return
+    if not recipe.starts_from:
+        return
+    base = ROOT / recipe.config["base_model"]
+    if (base / "config.json").is_file():
+        return
+    source = run_dir(recipe.starts_from, recipe.hardware)
+    if not (source / "adapter_model.safetensors").is_file():
+        raise TunerError(
+            f"The {recipe.task} recipe starts from the {recipe.starts_from} model trained on "
+            f"{recipe.hardware}, and {source} holds no adapter yet. Run "
+            f"`just train {recipe.starts_from} {recipe.hardware}` first, or pass "
+            "base_model=PATH to start from another model."
+        )
+    console.print(f"Merging the {recipe.starts_from} adapter into its base model → {base}")
+    run_logged(["axolotl", "merge-lora", str(source / "config.yaml")], env, log)
+
+
+def launcher_args(recipe: ComposedRecipe) -> list[str]:
+    profile = gpu_profile(recipe.meta, recipe.hardware)
+    if profile and profile.count > 1:
+        return ["--launcher", "accelerate", "--", "--num_processes", str(profile.count)]
+    return []
+
+
+def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -> Path:
+    recipe = compose(task, hardware, overrides)
+    report = validate(recipe)
+    if not report.ok:
+        raise TunerError(report.summary())
+
+    profile = gpu_profile(recipe.meta, hardware)
+    detected = detect_gpus()
+    if profile is not None:
+        check_machine(hardware, profile, detected)
+
+    out = recipe.run_dir
+    config_text = recipe.to_yaml()
+    config_hash = sha256_text(config_text)
+    manifest_path = out / "manifest.json"
+    previous = read_manifest(manifest_path)
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    elif checkpoints(out) and previous and previous.get("config_sha256") != config_hash:
+        raise TunerError(
+            f"{out} holds checkpoints of a run with a different config; resuming them "
+            "would mix the two. Re-run with --fresh to start over (it deletes that run), "
+            "or set TUNER_RUNS to use another runs folder."
+        )
+
+    config_path = write_config(recipe)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "axolotl.log"
+    env = axolotl_env(recipe)
+    ensure_base_model(recipe, env, log)
+
+    resumed_from = checkpoints(out)[-1].name if checkpoints(out) else None
+    if resumed_from:
+        console.print(f"Resuming from {out / resumed_from}")
+    manifest: dict[str, Any] = {
+        "task": task,
+        "hardware": hardware,
+        "overrides": overrides,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "libraries": library_versions(),
+        "config": str(config_path.relative_to(ROOT)) if config_path.is_relative_to(ROOT) else str(config_path),
+        "config_sha256": config_hash,
+        "base_model": recipe.config.get("base_model"),
+        "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),
+        "seed": recipe.config.get("seed"),
+        "gpus": [g.__dict__ for g in detected],
+        "env": recipe.env,
+        "resumed_from": resumed_from,
+        "python": sys.version.split()[0],
+    }
+    write_manifest(manifest_path, manifest)
+
+    start = time.monotonic()
+    rel_config = os.path.relpath(config_path, ROOT)
+    try:
+        run_logged(["axolotl", "preprocess", rel_config], env, log)
+        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log)
+    except BaseException:
+        manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
+        write_manifest(manifest_path, manifest)
+        raise
+    manifest.update(
+        status="completed",
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        wall_time_s=round(time.monotonic() - start, 1),
+        final_loss=(loss_history(out) or [(None, None)])[-1][1],
+    )
+    write_manifest(manifest_path, manifest)
+    return out

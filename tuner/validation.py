@@ -1,0 +1,200 @@
+"""Validate a composed config: Axolotl's own schema with the target's capabilities, plus
+the checks Axolotl lacks (misspelt keys, bf16 on Turing, FlashAttention-2 where no build
+exists, DeepSpeed on the DGX Spark, packing that would leak attention across samples).
+Attention backends are read through Axolotl's own tables, so they follow its releases."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.hardware import GpuProfile, gpu_profile
+from tuner.recipes import ComposedRecipe
+
+# Compute capabilities for which no FlashAttention-2 build exists: Turing (flash-attn
+# #542) and the DGX Spark's GB10 (flash-attn #1969).
+NO_FLASH_ATTENTION = {"7.5": "Turing (sm_75)", "12.1": "the DGX Spark's GB10 (sm_121)"}
+
+
+@dataclass
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    task: str
+    hardware: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.task} × {self.hardware}: valid"
+        lines = [f"{self.task} × {self.hardware}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def validate(recipe: ComposedRecipe) -> ValidationReport:
+    report = ValidationReport(recipe.task, recipe.hardware)
+    profile = gpu_profile(recipe.meta, f"recipes/hardware/{recipe.hardware}.yaml")
+    report.problems += unknown_keys(recipe.config)
+    report.problems += hardware_checks(recipe.config, profile)
+    # Axolotl's messages about keys it does not know would repeat the ones above.
+    if not report.problems:
+        report.problems += axolotl_checks(recipe.config, profile)
+    return report
+
+
+def _schema_fields() -> tuple[set[str], set[str]]:
+    from axolotl.utils.schemas.config import AxolotlInputConfig
+    from axolotl.utils.schemas.datasets import DPODataset, SFTDataset
+
+    def names(model: Any) -> set[str]:
+        out = set()
+        for name, info in model.model_fields.items():
+            out.add(name)
+            if info.alias:
+                out.add(info.alias)
+        return out
+
+    return names(AxolotlInputConfig), names(SFTDataset) | names(DPODataset)
+
+
+def unknown_keys(config: dict[str, Any]) -> list[Problem]:
+    """Axolotl drops keys it does not know without a word; a typo then silently trains
+    with the default. Report each with the nearest valid key."""
+    top_fields, dataset_fields = _schema_fields()
+    problems = [
+        _unknown(key, key, top_fields) for key in config if key not in top_fields
+    ]
+    for index, entry in enumerate(config.get("datasets") or []):
+        if isinstance(entry, dict):
+            problems += [
+                _unknown(f"datasets[{index}].{key}", key, dataset_fields)
+                for key in entry
+                if key not in dataset_fields
+            ]
+    return problems
+
+
+def _unknown(where: str, key: str, valid: set[str]) -> Problem:
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return Problem(where, f"not an Axolotl config key, Axolotl would ignore it.{hint}")
+
+
+def attention(config: dict[str, Any]) -> str:
+    """The attention backend a config selects: `attn_implementation`, or the legacy
+    boolean flag Axolotl maps to one, or eager."""
+    from axolotl.utils.schemas.enums import LEGACY_ATTN_FLAG_TO_IMPL, attn_impl_base
+
+    if config.get("attn_implementation"):
+        return attn_impl_base(config["attn_implementation"])
+    for flag, impl in LEGACY_ATTN_FLAG_TO_IMPL.items():
+        if config.get(flag):
+            return impl
+    return "eager"
+
+
+def hardware_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[Problem]:
+    from axolotl.utils.schemas.enums import (
+        ATTN_IMPLS_SUPPORTING_PACKING,
+        ATTN_IMPLS_USING_FLASH_LIB,
+    )
+
+    problems = []
+    attn = attention(config)
+    if config.get("sample_packing") and attn not in ATTN_IMPLS_SUPPORTING_PACKING:
+        problems.append(
+            Problem(
+                "sample_packing",
+                f"packing with {attn} attention lets packed samples attend to each other "
+                "(only variable-length kernels keep them apart: "
+                f"{', '.join(sorted(i for i in ATTN_IMPLS_SUPPORTING_PACKING if '/' not in i))}). "
+                "Set sample_packing: false, or an attention backend that supports packing.",
+            )
+        )
+    if profile is None:
+        return problems
+    cc = profile.compute_capability
+    if config.get("bf16") is True and float(cc) < 8.0:
+        problems.append(
+            Problem(
+                "bf16",
+                f"{profile.name} (sm_{cc.replace('.', '')}) has no native bf16: PyTorch "
+                "emulates it, slowly, and losses can go to NaN. Use fp16: true, bf16: false.",
+            )
+        )
+    if attn in ATTN_IMPLS_USING_FLASH_LIB and cc in NO_FLASH_ATTENTION:
+        problems.append(
+            Problem(
+                "attn_implementation",
+                f"{attn} needs FlashAttention, which has no build for "
+                f"{NO_FLASH_ATTENTION[cc]}. Use sdpa (or xformers on Turing).",
+            )
+        )
+    if config.get("deepspeed") and cc == "12.1":
+        problems.append(
+            Problem(
+                "deepspeed",
+                "DeepSpeed is not built for the DGX Spark (aarch64, one device): "
+                "remove it; 128 GB of unified memory needs no sharding for one GPU.",
+            )
+        )
+    return problems
+
+
+def axolotl_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[Problem]:
+    """Axolotl's own `validate_config`, given the target's capabilities instead of this
+    machine's (so an A100 config is checked as on an A100, from a laptop)."""
+    import torch
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    capabilities = (
+        profile.axolotl_capabilities()
+        if profile
+        else {"bf16": False, "fp8": False, "tf32": False, "n_gpu": 1, "compute_capability": None}
+    )
+    env_capabilities = {"torch_version": torch.__version__.split("+", maxsplit=1)[0]}
+    # Axolotl logs its defaults (kernels auto-enabled, deprecations) at every validation,
+    # on loggers it pins to DEBUG: noise in a 50-pair table. Its errors still come back
+    # as exceptions.
+    logging.disable(logging.WARNING)
+    try:
+        validate_config(
+            DictDefault(_plain(config)),
+            capabilities=capabilities,
+            env_capabilities=env_capabilities,
+        )
+    except Exception as err:
+        return [Problem("axolotl", _one_paragraph(err))]
+    finally:
+        logging.disable(logging.NOTSET)
+    return []
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of plain dicts and lists: validate_config replaces dataset dicts
+    by pydantic objects in place."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _one_paragraph(err: Exception) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text.replace(" For further information visit https://errors.pydantic.dev", "")
