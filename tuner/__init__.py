@@ -1,1 +1,1 @@
-"""Fine-tuning recipes per task and per GPU: composition, validation, training, data and evaluation."""
+"""Fine-tuning recipes per task and per GPU: compose, validate, train, make data, evaluate."""

@@ -14,7 +14,9 @@ from tuner.recipes import compose, hardware_names, load_task, task_names
 out = Console()
 err = Console(stderr=True)
 
-OVERRIDES_HELP = "Axolotl keys to override, as key=value (YAML values; dotted keys reach into mappings)"
+OVERRIDES_HELP = (
+    "Axolotl keys to override, as key=value (YAML values; dotted keys reach into mappings)"
+)
 
 
 def cmd_list(_: argparse.Namespace) -> None:

@@ -21,7 +21,9 @@ DEMO_PROMPTS = [
 ]
 
 
-def answers(model_dir: str, adapter_dir: Path | None, prompts: list[str], max_new_tokens: int = 96) -> list[str]:
+def answers(
+    model_dir: str, adapter_dir: Path | None, prompts: list[str], max_new_tokens: int = 96
+) -> list[str]:
     """Greedy answers through the model's own chat template (the one training used)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,7 +58,9 @@ def demo(overrides: list[str]) -> Path:
     base = answers(base_model, None, DEMO_PROMPTS)
     tuned = answers(base_model, run, DEMO_PROMPTS)
 
-    table = Table(title="SmolLM2-135M-Instruct: base vs. instruction LoRA (CPU demo)", show_lines=True)
+    table = Table(
+        title="SmolLM2-135M-Instruct: base vs. instruction LoRA (CPU demo)", show_lines=True
+    )
     table.add_column("prompt", ratio=1)
     table.add_column("base", ratio=2)
     table.add_column("tuned", ratio=2)

@@ -38,7 +38,11 @@ console = Console(stderr=True)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Offline, quiet defaults; a value the user already set wins.
-DEFAULT_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+DEFAULT_ENV = {
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -53,6 +57,15 @@ def checkpoints(output_dir: Path) -> list[Path]:
     """Checkpoint folders in step order."""
     found = [p for p in output_dir.glob("checkpoint-*") if CHECKPOINT.match(p.name)]
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def discard_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """A run killed while saving leaves a checkpoint without its trainer state (the
+    trainer writes it last); resuming from it would fail, so it goes."""
+    incomplete = [p for p in checkpoints(output_dir) if not (p / "trainer_state.json").is_file()]
+    for path in incomplete:
+        shutil.rmtree(path)
+    return incomplete
 
 
 def loss_history(output_dir: Path) -> list[tuple[int, float]]:
@@ -164,6 +177,8 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
     env = axolotl_env(recipe)
     ensure_base_model(recipe, env, log)
 
+    for path in discard_incomplete_checkpoints(out):
+        console.print(f"Removed {path}: written only in part when the last run stopped.")
     resumed_from = checkpoints(out)[-1].name if checkpoints(out) else None
     if resumed_from:
         console.print(f"Resuming from {out / resumed_from}")
@@ -175,7 +190,9 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
         "libraries": library_versions(),
-        "config": str(config_path.relative_to(ROOT)) if config_path.is_relative_to(ROOT) else str(config_path),
+        "config": str(config_path.relative_to(ROOT))
+        if config_path.is_relative_to(ROOT)
+        else str(config_path),
         "config_sha256": config_hash,
         "base_model": recipe.config.get("base_model"),
         "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),

@@ -75,9 +75,7 @@ def unknown_keys(config: dict[str, Any]) -> list[Problem]:
     """Axolotl drops keys it does not know without a word; a typo then silently trains
     with the default. Report each with the nearest valid key."""
     top_fields, dataset_fields = _schema_fields()
-    problems = [
-        _unknown(key, key, top_fields) for key in config if key not in top_fields
-    ]
+    problems = [_unknown(key, key, top_fields) for key in config if key not in top_fields]
     for index, entry in enumerate(config.get("datasets") or []):
         if isinstance(entry, dict):
             problems += [

@@ -1,0 +1,37 @@
+"""Shared helpers: run the project's command line as a user would, in this environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.project import ROOT
+
+
+def run_tuner(
+    *args: str, runs: Path | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """`python -m tuner ARGS` from the repository root, output captured."""
+    env = dict(os.environ)
+    if runs is not None:
+        env["TUNER_RUNS"] = str(runs)
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throwaway runs folder, so tests never touch the user's runs/."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("TUNER_RUNS", str(folder))
+    return folder
