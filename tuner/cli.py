@@ -12,7 +12,7 @@ from tuner.errors import TunerError
 from tuner.recipes import compose, hardware_names, load_task, task_names
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 OVERRIDES_HELP = (
     "Axolotl keys to override, as key=value (YAML values; dotted keys reach into mappings)"

@@ -3,6 +3,7 @@ the base model's and the tuned model's answers to the same prompts side by side.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -52,7 +53,7 @@ def answers(
 
 
 def demo(overrides: list[str]) -> Path:
-    console = Console()
+    console = Console(soft_wrap=True)
     run = train("instruction", "cpu", overrides)
     base_model = str(ROOT / compose("instruction", "cpu", overrides).config["base_model"])
     base = answers(base_model, None, DEMO_PROMPTS)
@@ -67,5 +68,11 @@ def demo(overrides: list[str]) -> Path:
     for prompt, before, after in zip(DEMO_PROMPTS, base, tuned, strict=True):
         table.add_row(prompt, before, after)
     console.print(table)
-    console.print(f"Run folder: {run} (config.yaml, adapter, logs/, manifest.json)")
+    comparison = run / "demo.json"
+    rows = [
+        {"prompt": p, "base": b, "tuned": t}
+        for p, b, t in zip(DEMO_PROMPTS, base, tuned, strict=True)
+    ]
+    comparison.write_text(json.dumps(rows, indent=2) + "\n")
+    console.print(f"Run folder: {run} (config.yaml, adapter, logs/, manifest.json, demo.json)")
     return run

