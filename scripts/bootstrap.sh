@@ -15,7 +15,8 @@ fi
 
 echo "Setting up the training environment in $venv (a few minutes, once)…"
 python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+# --no-compile: bytecode is written on first import, for the modules really used.
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
 # torch first and by exact version: on a CPU machine pip finds the CPU wheel in its
 # local wheel folder; a bare "torch" would pull gigabytes of CUDA packages.
 "${pip[@]}" "torch==2.13.0"

@@ -143,11 +143,13 @@ def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
             turns = row["conversations"]
             roles = {"system": "system", "human": "user", "gpt": "assistant"}
             messages = [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
-            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages)
-            ids = torch.tensor([full])
+            prompt = tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=False
+            )
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            ids = torch.tensor([tokenizer(full, add_special_tokens=False).input_ids])
             labels = ids.clone()
-            labels[0, : len(prompt)] = -100
+            labels[0, : len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
             with torch.no_grad():
                 total += model(input_ids=ids, labels=labels).loss.item()
         return total / 8

@@ -207,7 +207,9 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
     start = time.monotonic()
     rel_config = os.path.relpath(config_path, ROOT)
     try:
-        run_logged(["axolotl", "preprocess", rel_config], env, log)
+        # A resumed run's data was prepared by the attempt that wrote its checkpoints.
+        if not resumed_from:
+            run_logged(["axolotl", "preprocess", rel_config], env, log)
         run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
