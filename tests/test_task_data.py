@@ -5,7 +5,6 @@ every example, and trains on the answers only, each ending on the end-of-turn to
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from datasets import load_from_disk
@@ -13,7 +12,7 @@ from datasets import load_from_disk
 from tuner.models import END_OF_TURN, ensure_embedded_model
 from tuner.project import ROOT
 from tuner.recipes import compose, task_names
-from tuner.train import axolotl_env, write_config
+from tuner.train import DEFAULT_ENV, OFFLINE_ENV, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,54 +30,53 @@ ANSWER = {
 }
 
 
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory):
+    """Axolotl offline, on the embedded model, writing into a throwaway runs folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNER_RUNS", str(tmp_path_factory.mktemp("runs")))
+        for key, value in {**OFFLINE_ENV, **DEFAULT_ENV}.items():
+            patch.setenv(key, value)
+        yield ensure_embedded_model()
+
+
 def preprocess(task: str, *overrides: str):
-    """`axolotl preprocess` on the composed cpu config; the prepared dataset it saved."""
-    ensure_embedded_model()
+    """Axolotl's own preprocessing (what `axolotl preprocess` runs, here in-process to
+    load Axolotl once for all tasks) on the composed cpu config; the dataset it saved."""
+    from axolotl.cli.preprocess import do_cli
+
     recipe = compose(task, "cpu", list(overrides))
-    config = write_config(recipe)
-    done = subprocess.run(
-        ["axolotl", "preprocess", str(config)],
-        cwd=ROOT,
-        env=axolotl_env(recipe),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    do_cli(config=str(write_config(recipe)))
     [prepared] = [p for p in (recipe.run_dir / "prepared").iterdir() if p.is_dir()]
-    return recipe, load_from_disk(prepared)
+    source = [json.loads(line) for line in (ROOT / recipe.meta["local_data"]).open()]
+    return source, load_from_disk(prepared)
 
 
 @pytest.mark.parametrize("task", sorted(ANSWER))
-def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, runs):
+def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, offline):
     from transformers import AutoTokenizer
 
-    recipe, dataset = preprocess(task)
-    source = [json.loads(line) for line in (ROOT / recipe.meta["local_data"]).open()]
+    source, dataset = preprocess(task)
     assert len(dataset) == len(source), "examples dropped (too long for sequence_len?)"
 
-    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
-    for index in (0, len(dataset) // 2, len(dataset) - 1):
-        row = dataset[index]
-        trained = [
-            t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100
-        ]
-        prompt = [
-            t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100
-        ]
-        trained_text = tokenizer.decode(trained)
-        assert ANSWER[task](source[index]).strip() in trained_text
-        assert trained_text.rstrip().endswith(END_OF_TURN)
-        assert "<|im_start|>user" in tokenizer.decode(prompt)
+    tokenizer = AutoTokenizer.from_pretrained(offline)
+    answers = {ANSWER[task](row).strip() for row in source}
+    for row in dataset:  # shuffled by Axolotl: match each row to its answer by content
+        pairs = list(zip(row["input_ids"], row["labels"], strict=True))
+        trained = tokenizer.decode([token for token, label in pairs if label != -100])
+        prompt = tokenizer.decode([token for token, label in pairs if label == -100])
+        assert trained.endswith(END_OF_TURN), "the model must learn to end its turn"
+        assert trained.removesuffix(END_OF_TURN).strip() in answers
+        assert "<|im_start|>user" in prompt and "<|im_start|>assistant" in prompt
 
 
-def test_preference_data_keeps_every_pair_in_the_chat_template(runs):
+def test_preference_data_keeps_every_pair_in_the_chat_template(offline):
     # The tokenizer is the embedded model's either way; no SFT run needed to read the data.
-    recipe, dataset = preprocess("dpo", f"base_model={ensure_embedded_model()}")
-    source = [json.loads(line) for line in (ROOT / recipe.meta["local_data"]).open()]
+    source, dataset = preprocess("dpo", f"base_model={offline}")
     assert len(dataset) == len(source)
-    for row, original in zip(dataset, source, strict=True):
-        assert original["prompt"] in row["prompt"] and "<|im_start|>user" in row["prompt"]
+    by_prompt = {row["prompt"]: row for row in source}
+    for row in dataset:
+        [original] = [by_prompt[p] for p in by_prompt if f"user\n{p}<|im_end|>" in row["prompt"]]
         assert original["chosen"][-1]["content"] in row["chosen"]
         assert original["rejected"][-1]["content"] in row["rejected"]
 

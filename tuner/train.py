@@ -42,6 +42,9 @@ DEFAULT_ENV = {
     "AXOLOTL_DO_NOT_TRACK": "1",
     "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
+    # Axolotl's output reaches the console and the run's log as it happens, not in
+    # blocks (a killed run keeps its last lines).
+    "PYTHONUNBUFFERED": "1",
 }
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
