@@ -76,8 +76,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from tuner.train import train
 
-    run = train(args.task, args.hardware, args.overrides, fresh=args.fresh)
-    out.print(f"Done. Adapter, config, logs and manifest.json in {run}")
+    recipe = train(args.task, args.hardware, args.overrides, fresh=args.fresh)
+    out.print(f"Done. Adapter, config, logs and manifest.json in {recipe.run_dir}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

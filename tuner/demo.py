@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner.project import ROOT
-from tuner.recipes import compose
 from tuner.train import train
 
 # Prompts the local instruction data does not contain; greedy decoding, so each run of
@@ -54,8 +53,9 @@ def answers(
 
 def demo(overrides: list[str]) -> Path:
     console = Console(soft_wrap=True)
-    run = train("instruction", "cpu", overrides)
-    base_model = str(ROOT / compose("instruction", "cpu", overrides).config["base_model"])
+    recipe = train("instruction", "cpu", overrides)
+    run = recipe.run_dir
+    base_model = str(ROOT / recipe.config["base_model"])
     base = answers(base_model, None, DEMO_PROMPTS)
     tuned = answers(base_model, run, DEMO_PROMPTS)
 

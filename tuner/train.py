@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tuner.manifest import (
     sha256_text,
     write_manifest,
 )
-from tuner.project import ROOT, run_dir
+from tuner.project import ROOT, portable, run_dir
 from tuner.recipes import ComposedRecipe, compose
 from tuner.validation import validate
 
@@ -148,7 +149,7 @@ def launcher_args(recipe: ComposedRecipe) -> list[str]:
     return []
 
 
-def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -> Path:
+def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -> ComposedRecipe:
     recipe = compose(task, hardware, overrides)
     report = validate(recipe)
     if not report.ok:
@@ -193,14 +194,12 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
         "libraries": library_versions(),
-        "config": str(config_path.relative_to(ROOT))
-        if config_path.is_relative_to(ROOT)
-        else str(config_path),
+        "config": portable(config_path),
         "config_sha256": config_hash,
         "base_model": recipe.config.get("base_model"),
         "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),
         "seed": recipe.config.get("seed"),
-        "gpus": [g.__dict__ for g in detected],
+        "gpus": [asdict(g) for g in detected],
         "env": recipe.env,
         "resumed_from": resumed_from,
         "python": sys.version.split()[0],
@@ -225,4 +224,4 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
         final_loss=(loss_history(out) or [(None, None)])[-1][1],
     )
     write_manifest(manifest_path, manifest)
-    return out
+    return recipe

@@ -6,6 +6,7 @@ Attention backends are read through Axolotl's own tables, so they follow its rel
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ def validate(recipe: ComposedRecipe) -> ValidationReport:
     return report
 
 
+@functools.cache
 def _schema_fields() -> tuple[set[str], set[str]]:
     from axolotl.utils.schemas.config import AxolotlInputConfig
     from axolotl.utils.schemas.datasets import DPODataset, SFTDataset
