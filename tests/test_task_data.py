@@ -16,17 +16,18 @@ from tuner.train import DEFAULT_ENV, OFFLINE_ENV, write_config
 
 pytestmark = pytest.mark.slow
 
-# Where each local dataset keeps the text the model must learn to write.
-ANSWER = {
-    "instruction": lambda row: row["conversations"][-1]["value"],
-    "chat": lambda row: row["messages"][-1]["content"],
-    "code": lambda row: row["solution"],
-    "math": lambda row: row["response"],
-    "medical": lambda row: row["output"],
-    "legal": lambda row: row["answer"],
-    "tool-use": lambda row: row["conversations"][-1]["value"],
-    "summarization": lambda row: row["highlights"],
-    "creative": lambda row: row["story"],
+# Where each local dataset keeps the text the model must learn to write (every
+# assistant turn of a conversation).
+ANSWERS = {
+    "instruction": lambda row: [row["conversations"][-1]["value"]],
+    "chat": lambda row: [m["content"] for m in row["messages"] if m["role"] == "assistant"],
+    "code": lambda row: [row["solution"]],
+    "math": lambda row: [row["response"]],
+    "medical": lambda row: [row["output"]],
+    "legal": lambda row: [row["answer"]],
+    "tool-use": lambda row: [row["conversations"][-1]["value"]],
+    "summarization": lambda row: [row["highlights"]],
+    "creative": lambda row: [row["story"]],
 }
 
 
@@ -52,7 +53,7 @@ def preprocess(task: str, *overrides: str):
     return source, load_from_disk(prepared)
 
 
-@pytest.mark.parametrize("task", sorted(ANSWER))
+@pytest.mark.parametrize("task", sorted(ANSWERS))
 def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, offline):
     from transformers import AutoTokenizer
 
@@ -60,13 +61,16 @@ def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, offlin
     assert len(dataset) == len(source), "examples dropped (too long for sequence_len?)"
 
     tokenizer = AutoTokenizer.from_pretrained(offline)
-    answers = {ANSWER[task](row).strip() for row in source}
-    for row in dataset:  # shuffled by Axolotl: match each row to its answer by content
+    expected = [[answer.strip() for answer in ANSWERS[task](row)] for row in source]
+    for row in dataset:  # shuffled by Axolotl: match each row to its source by content
         pairs = list(zip(row["input_ids"], row["labels"], strict=True))
         trained = tokenizer.decode([token for token, label in pairs if label != -100])
         prompt = tokenizer.decode([token for token, label in pairs if label == -100])
-        assert trained.endswith(END_OF_TURN), "the model must learn to end its turn"
-        assert trained.removesuffix(END_OF_TURN).strip() in answers
+        [answers] = [a for a in expected if all(answer in trained for answer in a)][:1]
+        # Exactly the answers, each closed by the end-of-turn token, and nothing else.
+        assert trained.replace(END_OF_TURN, " ").split() == " ".join(answers).split()
+        assert trained.count(END_OF_TURN) == len(answers)
+        assert trained.rstrip().endswith(END_OF_TURN), "the model must learn to end its turn"
         assert "<|im_start|>user" in prompt and "<|im_start|>assistant" in prompt
 
 
@@ -82,4 +86,4 @@ def test_preference_data_keeps_every_pair_in_the_chat_template(offline):
 
 
 def test_every_task_is_covered():
-    assert sorted([*ANSWER, "dpo"]) == task_names()
+    assert sorted([*ANSWERS, "dpo"]) == task_names()
