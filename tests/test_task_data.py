@@ -5,6 +5,7 @@ every example, and trains on the answers only, each ending on the end-of-turn to
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from datasets import load_from_disk
@@ -47,9 +48,11 @@ def preprocess(task: str, *overrides: str):
     from axolotl.cli.preprocess import do_cli
 
     recipe = compose(task, "cpu", list(overrides))
+    shutil.rmtree(recipe.run_dir / "prepared", ignore_errors=True)  # one prepared set per call
     do_cli(config=str(write_config(recipe)))
     [prepared] = [p for p in (recipe.run_dir / "prepared").iterdir() if p.is_dir()]
-    source = [json.loads(line) for line in (ROOT / recipe.meta["local_data"]).open()]
+    data = ROOT / recipe.config["datasets"][0]["path"]
+    source = [json.loads(line) for line in data.open()]
     return source, load_from_disk(prepared)
 
 
@@ -83,6 +86,50 @@ def test_preference_data_keeps_every_pair_in_the_chat_template(offline):
         [original] = [by_prompt[p] for p in by_prompt if f"user\n{p}<|im_end|>" in row["prompt"]]
         assert original["chosen"][-1]["content"] in row["chosen"]
         assert original["rejected"][-1]["content"] in row["rejected"]
+
+
+def test_own_records_given_with_data_are_read_by_axolotl(offline, tmp_path):
+    """What the generation and preference stages write trains through `data=`."""
+    from transformers import AutoTokenizer
+
+    conversations = tmp_path / "generated.jsonl"
+    conversations.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What is {n} times 3?"},
+                        {"role": "assistant", "content": f"{n} times 3 is {n * 3}."},
+                    ],
+                    "meta": {"source": "test"},
+                }
+            )
+            + "\n"
+            for n in range(12)
+        )
+    )
+    source, dataset = preprocess("instruction", f"data={conversations}")
+    assert len(dataset) == len(source) == 12
+    tokenizer = AutoTokenizer.from_pretrained(offline)
+    for row in dataset:
+        pairs = list(zip(row["input_ids"], row["labels"], strict=True))
+        trained = tokenizer.decode([token for token, label in pairs if label != -100])
+        assert trained.startswith(tuple(f"{n} times 3 is {n * 3}." for n in range(12)))
+
+    pairs_file = tmp_path / "prefs.jsonl"
+    pairs_file.write_text(
+        json.dumps(
+            {
+                "messages": [{"role": "user", "content": "Is 7 prime?"}],
+                "chosen": {"role": "assistant", "content": "Yes, 7 is prime."},
+                "rejected": {"role": "assistant", "content": "No."},
+            }
+        )
+        + "\n"
+    )
+    _, dataset = preprocess("dpo", f"base_model={offline}", f"data={pairs_file}")
+    [row] = dataset
+    assert "Is 7 prime?" in row["prompt"] and "Yes, 7 is prime." in row["chosen"]
 
 
 def test_every_task_is_covered():

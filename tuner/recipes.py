@@ -25,8 +25,12 @@ from tuner.project import (
     portable,
     run_dir,
 )
+from tuner.records import Conversation, PreferencePair, dataset_entry, read_records
 
 META_KEY = "tuner"
+# `data=FILE.jsonl` (or a list of files) trains on this project's own records instead of
+# the task's datasets: what the generation, filtering and preference stages write.
+DATA_KEY = "data"
 # Keys of a dataset entry that say where the data comes from; the rest says how to read it.
 DATASET_SOURCE_KEYS = ("path", "name", "split", "data_files", "revision", "ds_type")
 
@@ -169,6 +173,7 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     task_cfg = load_task(task)
     hw_cfg = load_hardware(hardware)
     user = parse_overrides(overrides or [])
+    data = user.pop(DATA_KEY, None)
 
     # What the task's training method cannot do without (DPO cannot pack samples) holds
     # on every machine, so it goes over the overlay; the user's word still comes last.
@@ -179,7 +184,9 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     meta = merged.pop(META_KEY, {}) or {}
     config = merged
 
-    if meta.get("data") == "local" and "datasets" not in user:
+    if data is not None:
+        config["datasets"] = own_datasets(data, preference=bool(config.get("rl")))
+    elif meta.get("data") == "local" and "datasets" not in user:
         config["datasets"] = local_datasets(task, task_cfg)
     if meta.get("starts_from") and "base_model" not in user:
         # The preference stage trains on top of the SFT model of the same machine,
@@ -194,6 +201,24 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     config.setdefault("output_dir", portable(out))
     config.setdefault("dataset_prepared_path", portable(out / "prepared"))
     return ComposedRecipe(task, hardware, config, meta, user)
+
+
+def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
+    """Dataset entries for files of the project's records, each checked line by line
+    first, so a malformed file stops here with its line number and not mid-training."""
+    files = data if isinstance(data, list) else [data]
+    if not files or not all(isinstance(f, str) and f for f in files):
+        raise TunerError(
+            "data= takes a JSONL file or a list of them, e.g. data=out/prefs.jsonl "
+            "or data=[a.jsonl,b.jsonl]."
+        )
+    schema = PreferencePair if preference else Conversation
+    entries = []
+    for name in files:
+        path = Path(name) if Path(name).is_absolute() else Path.cwd() / name
+        read_records(path, schema)
+        entries.append(dataset_entry(portable(path), preference))
+    return entries
 
 
 def local_datasets(task: str, task_cfg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,88 @@
+"""The project's record schemas (JSON Lines, the same in every stage) and a reader that
+names the file and line of anything malformed.
+
+- a conversation: `{"messages": [{"role", "content"}, …], "meta": {…}}`
+- a preference pair: `{"messages": [prompt turns], "chosen": {…}, "rejected": {…}, "meta": {…}}`
+
+Axolotl reads the first with `type: chat_template` and the second with
+`type: chat_template.default`; `dataset_entry` writes those entries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuner.errors import TunerError
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Conversation(BaseModel):
+    messages: list[Message] = Field(min_length=2)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreferencePair(BaseModel):
+    messages: list[Message] = Field(min_length=1)
+    chosen: Message
+    rejected: Message
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def read_records(path: Path, schema: type[Record]) -> list[Record]:
+    """Every record of a JSONL file, or a TunerError naming the file, the line and what is
+    wrong with it. Blank lines are allowed; an empty file is not."""
+    if not path.is_file():
+        raise TunerError(f"{path}: no such file.")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(schema.model_validate(json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise TunerError(
+                    f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
+                    "Each line must hold one JSON object; fix or remove that line."
+                ) from err
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+                    for e in err.errors()
+                )
+                raise TunerError(
+                    f"{path}:{number}: not a {schema.__name__} record ({problems})."
+                ) from err
+    if not records:
+        raise TunerError(f"{path}: the file holds no records.")
+    return records
+
+
+def dataset_entry(path: str, preference: bool) -> dict[str, Any]:
+    """The Axolotl dataset entry that reads a file of this project's records."""
+    entry: dict[str, Any] = {"path": path, "ds_type": "json", "split": "train"}
+    if preference:
+        return entry | {
+            "type": "chat_template.default",
+            "field_messages": "messages",
+            "field_chosen": "chosen",
+            "field_rejected": "rejected",
+        }
+    return entry | {
+        "type": "chat_template",
+        "field_messages": "messages",
+        "roles_to_train": ["assistant"],
+    }
