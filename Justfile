@@ -1,4 +1,7 @@
 # Fine-tuning recipes: `just --list` is the help page.
+# Arguments reach the commands as they were typed ("$@"), quotes and spaces intact.
+set positional-arguments
+
 python := ".venvs/train/bin/python"
 
 # List the recipes of this Justfile
@@ -11,7 +14,7 @@ setup:
 
 # Train the instruction recipe on CPU with the embedded model and compare answers
 demo *overrides: setup
-    {{python}} -m tuner demo {{overrides}}
+    {{python}} -m tuner demo "$@"
 
 # List tasks and hardware targets
 list: setup
@@ -19,15 +22,15 @@ list: setup
 
 # Print and write the composed Axolotl config for TASK on HW
 config task hw *overrides: setup
-    {{python}} -m tuner config {{task}} {{hw}} {{overrides}}
+    {{python}} -m tuner config "$@"
 
 # Validate every task × hardware pair (or one: just validate math a100)
 validate *args: setup
-    {{python}} -m tuner validate {{args}}
+    {{python}} -m tuner validate "$@"
 
-# Compose, validate and train TASK on HW with Axolotl (re-run to resume)
+# Compose, validate and train TASK on HW with Axolotl (re-run to resume; --fresh restarts)
 train task hw *overrides: setup
-    {{python}} -m tuner train {{task}} {{hw}} {{overrides}}
+    {{python}} -m tuner train "$@"
 
 # Convert the embedded default model once and print its folder
 model: setup
@@ -35,4 +38,4 @@ model: setup
 
 # Run the tests, slow end-to-end ones included (pytest args pass through)
 test *args: setup
-    {{python}} -m pytest {{args}}
+    {{python}} -m pytest "$@"
