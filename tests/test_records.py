@@ -71,6 +71,7 @@ def test_data_override_trains_on_own_records_with_the_matching_reader(tmp_path):
     assert [d["type"] for d in recipe.config["datasets"]] == ["chat_template"] * 2
     assert recipe.config["datasets"][0]["path"] == str(sft)
     assert "data" not in recipe.config
+    assert "overrides: data" in recipe.to_yaml()
     assert validate(recipe).ok
 
     recipe = compose("dpo", "cpu", [f"data={prefs}"])

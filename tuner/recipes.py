@@ -200,7 +200,8 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     out = run_dir(task, hardware)
     config.setdefault("output_dir", portable(out))
     config.setdefault("dataset_prepared_path", portable(out / "prepared"))
-    return ComposedRecipe(task, hardware, config, meta, user)
+    overrides_given = user if data is None else {**user, DATA_KEY: data}
+    return ComposedRecipe(task, hardware, config, meta, overrides_given)
 
 
 def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
