@@ -67,7 +67,7 @@ def test_metadata_is_stripped_but_kept_beside_the_config():
     assert "tuner" not in recipe.config
     assert recipe.meta["suite"] == "tool-use"
     assert recipe.env == {"NCCL_P2P_DISABLE": "1"}
-    assert recipe.gpu["count"] == 8
+    assert recipe.meta["gpu"]["count"] == 8
 
 
 def test_task_requirements_beat_the_overlay():

@@ -122,10 +122,6 @@ class ComposedRecipe:
         return run_dir(self.task, self.hardware)
 
     @property
-    def gpu(self) -> dict[str, Any] | None:
-        return self.meta.get("gpu")
-
-    @property
     def env(self) -> dict[str, str]:
         """Environment variables the run needs (e.g. NCCL settings), by the overlay."""
         return {k: str(v) for k, v in (self.meta.get("env") or {}).items()}
