@@ -56,6 +56,14 @@ def preprocess(task: str, *overrides: str):
     return source, load_from_disk(prepared)
 
 
+def split_by_labels(tokenizer, row) -> tuple[str, str]:
+    """(the text the loss ignores, the text the model is trained to write)."""
+    pairs = list(zip(row["input_ids"], row["labels"], strict=True))
+    ignored = tokenizer.decode([token for token, label in pairs if label == -100])
+    trained = tokenizer.decode([token for token, label in pairs if label != -100])
+    return ignored, trained
+
+
 @pytest.mark.parametrize("task", sorted(ANSWERS))
 def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, offline):
     from transformers import AutoTokenizer
@@ -66,9 +74,7 @@ def test_sft_task_data_keeps_every_example_and_trains_on_the_answer(task, offlin
     tokenizer = AutoTokenizer.from_pretrained(offline)
     expected = [[answer.strip() for answer in ANSWERS[task](row)] for row in source]
     for row in dataset:  # shuffled by Axolotl: match each row to its source by content
-        pairs = list(zip(row["input_ids"], row["labels"], strict=True))
-        trained = tokenizer.decode([token for token, label in pairs if label != -100])
-        prompt = tokenizer.decode([token for token, label in pairs if label == -100])
+        prompt, trained = split_by_labels(tokenizer, row)
         [answers] = [a for a in expected if all(answer in trained for answer in a)][:1]
         # Exactly the answers, each closed by the end-of-turn token, and nothing else.
         assert trained.replace(END_OF_TURN, " ").split() == " ".join(answers).split()
@@ -112,8 +118,7 @@ def test_own_records_given_with_data_are_read_by_axolotl(offline, tmp_path):
     assert len(dataset) == len(source) == 12
     tokenizer = AutoTokenizer.from_pretrained(offline)
     for row in dataset:
-        pairs = list(zip(row["input_ids"], row["labels"], strict=True))
-        trained = tokenizer.decode([token for token, label in pairs if label != -100])
+        _, trained = split_by_labels(tokenizer, row)
         assert trained.startswith(tuple(f"{n} times 3 is {n * 3}." for n in range(12)))
 
     pairs_file = tmp_path / "prefs.jsonl"

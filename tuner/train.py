@@ -183,7 +183,8 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
 
     for path in discard_incomplete_checkpoints(out):
         console.print(f"Removed {path}: written only in part when the last run stopped.")
-    resumed_from = checkpoints(out)[-1].name if checkpoints(out) else None
+    saved = checkpoints(out)
+    resumed_from = saved[-1].name if saved else None
     if resumed_from:
         console.print(f"Resuming from {out / resumed_from}")
     manifest: dict[str, Any] = {
