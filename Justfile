@@ -3,12 +3,13 @@
 set positional-arguments
 
 python := ".venvs/train/bin/python"
+infer := ".venvs/infer/bin/python"
 
 # List the recipes of this Justfile
 default:
     @just --list
 
-# Create the training environment (idempotent; a few minutes the first time)
+# Create the training and inference environments (idempotent; minutes the first time)
 setup:
     @bash scripts/bootstrap.sh
 
@@ -31,6 +32,10 @@ validate *args: setup
 # Compose, validate and train TASK on HW with Axolotl (re-run to resume; --fresh restarts)
 train task hw *overrides: setup
     {{python}} -m tuner train "$@"
+
+# Generate Magpie instructions and responses for TASK (n=, model=, preset=…; re-run resumes)
+generate task *options: setup
+    {{infer}} -m tuner generate "$@"
 
 # Convert the embedded default model once and print its folder
 model: setup

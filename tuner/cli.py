@@ -86,6 +86,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo(args.overrides)
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tuner.generate.run import generate
+
+    summary = generate(args.task, args.options, err)
+    if summary:
+        out.print(
+            f"Wrote {summary['records']} records to {summary['output']} "
+            f"({summary['tokens_per_second']} output tokens/s); statistics beside it."
+        )
+
+
 def cmd_model(_: argparse.Namespace) -> None:
     from tuner.models import ensure_embedded_model
 
@@ -122,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the instruction recipe on CPU and compare answers")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "generate",
+        help="Magpie instructions and responses for TASK (re-run to resume)",
+        description="Options as key=value: n (records, 100), model (hub id or folder; "
+        "'embedded' is the default), preset (generate/presets.yaml), template (family in "
+        "generate/templates.yaml; guessed from the model), backend (auto|vllm|transformers), "
+        "seed, turns, out (JSONL; data/generated/TASK.jsonl), tp (tensor-parallel GPUs), "
+        "worker/workers (data-parallel: one process per GPU).",
+    )
+    p.add_argument("task")
+    p.add_argument("options", nargs="*", help="key=value options (see above)")
+    p.set_defaults(func=cmd_generate)
 
     sub.add_parser(
         "model", help="convert the embedded default model (once) and print its folder"

@@ -22,6 +22,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNER_CACHE", ROOT / ".cache"))
 
 
+def data_dir() -> Path:
+    """Generated, filtered and preference data (`data/`); TUNER_DATA moves it."""
+    return Path(os.environ.get("TUNER_DATA", ROOT / "data"))
+
+
 def run_dir(task: str, hardware: str) -> Path:
     return runs_dir() / f"{task}-{hardware}"
 

@@ -86,3 +86,15 @@ def dataset_entry(path: str, preference: bool) -> dict[str, Any]:
         "field_messages": "messages",
         "roles_to_train": ["assistant"],
     }
+
+
+def write_records(path: Path, records: list[BaseModel] | list[dict[str, Any]]) -> None:
+    """Write JSONL atomically (temp file, then rename): a reader, or a resumed run, sees
+    the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for record in records:
+            data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+    partial.replace(path)

@@ -1,0 +1,1 @@
+"""Synthetic data generation: Magpie instructions and responses from vLLM."""

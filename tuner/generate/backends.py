@@ -1,0 +1,196 @@
+"""Batch text generation behind one interface: vLLM's offline engine (GPU, or its CPU
+build) and transformers `generate` as the fallback where vLLM cannot run.
+
+Both take raw prompt strings (the Magpie pre-query templates are not chat messages)
+and a per-prompt seed, so that a resumed run samples what the interrupted one would
+have.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from tuner.errors import TunerError
+from tuner.generate.templates import Sampling
+from tuner.project import cache_dir
+
+BACKENDS = ("auto", "vllm", "transformers")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    finished: bool
+    """True when generation ended on a stop string or the end-of-sequence token,
+    False when it ran into max_tokens."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
+    ) -> list[Completion]: ...
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The conversation through the model's own chat template, as text."""
+        ...
+
+
+def cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def configure_vllm_for_cpu() -> None:
+    """Settings the CPU build of vLLM needs here (see DESIGN.md); the user's own
+    environment wins."""
+    cache = cache_dir()
+    defaults = {
+        "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB; start-up refuses without it on small machines
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: no spawned workers
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, model: str, seed: int, tensor_parallel: int = 1) -> None:
+        on_cpu = cpu_only()
+        if on_cpu:
+            configure_vllm_for_cpu()
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel,
+            # CUDA graphs and torch.compile cost about a minute at every start on CPU
+            # and pay off only on long runs on a GPU.
+            enforce_eager=on_cpu,
+            dtype="bfloat16" if on_cpu else "auto",
+            max_model_len=4096 if on_cpu else None,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def complete(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
+    ) -> list[Completion]:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                repetition_penalty=sampling.repetition_penalty,
+                stop=stop,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            Completion(
+                text=out.outputs[0].text,
+                tokens=len(out.outputs[0].token_ids),
+                finished=out.outputs[0].finish_reason == "stop",
+            )
+            for out in outputs
+        ]
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+
+class TransformersBackend:
+    """transformers `generate` in batches: slower, but runs wherever torch does."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, seed: int, batch_size: int = 8) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model, dtype=torch.bfloat16 if cpu_only() else "auto"
+        )
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+    def complete(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
+    ) -> list[Completion]:
+        completions: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            # One seed per batch: transformers samples a batch from one generator.
+            self.torch.manual_seed(seeds[start])
+            completions += self._complete_batch(batch, sampling, stop)
+        return completions
+
+    def _complete_batch(
+        self, prompts: list[str], sampling: Sampling, stop: list[str]
+    ) -> list[Completion]:
+        inputs = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.model.device)
+        sample = sampling.temperature > 0
+        with self.torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=sampling.max_tokens,
+                do_sample=sample,
+                temperature=sampling.temperature if sample else None,
+                top_p=sampling.top_p if sample else None,
+                repetition_penalty=sampling.repetition_penalty,
+                stop_strings=stop,
+                tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        completions = []
+        for row in output[:, inputs["input_ids"].shape[1] :]:
+            ids = [int(t) for t in row if int(t) != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            ended = next((s for s in stop if s in text), None)
+            if ended:
+                text = text[: text.index(ended)]
+            eos = self.tokenizer.eos_token_id in ids
+            completions.append(Completion(text=text, tokens=len(ids), finished=bool(ended) or eos))
+        return completions
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+
+def open_backend(name: str, model: str, seed: int, tensor_parallel: int = 1) -> Backend:
+    """The named backend; `auto` takes vLLM when it is installed, else transformers."""
+    if name not in BACKENDS:
+        raise TunerError(f"Unknown backend '{name}'. Choose one of: {', '.join(BACKENDS)}.")
+    if name == "auto":
+        name = "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    if name == "vllm":
+        if not importlib.util.find_spec("vllm"):
+            raise TunerError(
+                "vLLM is not installed in this environment. Run `just setup` (it builds "
+                ".venvs/infer with vLLM's CPU build), or use backend=transformers."
+            )
+        return VllmBackend(model, seed, tensor_parallel)
+    return TransformersBackend(model, seed)

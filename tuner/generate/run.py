@@ -1,0 +1,93 @@
+"""`just generate TASK [n=…] [model=…] …`: resolve the options into a generation job and
+run it (or resume it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuner.generate import magpie, templates
+from tuner.generate.backends import BACKENDS, open_backend
+from tuner.options import parse_options, positive_int
+from tuner.project import data_dir
+from tuner.recipes import task_names
+
+EMBEDDED = "embedded"
+
+OPTIONS = {
+    "n": (positive_int, 100),
+    "model": (str, EMBEDDED),
+    "preset": (str, None),
+    "template": (str, None),
+    "backend": (str, "auto"),
+    "seed": (int, 42),
+    "turns": (positive_int, None),
+    "out": (Path, None),
+    "tp": (positive_int, 1),
+    "worker": (int, 0),
+    "workers": (positive_int, 1),
+}
+
+
+def resolve_model(model: str) -> str:
+    if model == EMBEDDED:
+        from tuner.models import ensure_embedded_model
+
+        return str(ensure_embedded_model())
+    return model
+
+
+def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+    from tuner.errors import TunerError
+
+    if task not in task_names():
+        raise TunerError(f"Unknown task '{task}'. Tasks: {', '.join(task_names())}.")
+    options = parse_options(option_pairs, OPTIONS, "generate")
+    if options["backend"] not in BACKENDS:
+        raise TunerError(f"backend={options['backend']}: choose one of {', '.join(BACKENDS)}.")
+    if not 0 <= options["worker"] < options["workers"]:
+        raise TunerError(f"worker={options['worker']} must lie in 0…workers-1.")
+    # The embedded default runs on CPU: its preset keeps a test or demo to seconds.
+    preset_name = options["preset"] or ("cpu" if options["model"] == EMBEDDED else "default")
+    preset = templates.preset(preset_name)
+    if options["turns"]:
+        preset = preset.model_copy(update={"turns": options["turns"]})
+    model = resolve_model(options["model"])
+    family = templates.family_for(model, options["template"])
+    persona = templates.persona(task)
+    if not family.has_system_turn:
+        console.print(
+            f"The {family.name} template has no system turn: the {task} persona cannot "
+            "steer its instructions, which will be general."
+        )
+    job = magpie.Job(
+        task=task,
+        model=options["model"],
+        family=family.name,
+        persona=persona,
+        preset_name=preset_name,
+        preset=preset.model_dump(),
+        seed=options["seed"],
+        n=options["n"],
+    )
+    out = options["out"] or data_dir() / "generated" / f"{task}.jsonl"
+    plan = magpie.ChunkPlan(out.with_suffix(".parts"), job.n, preset.checkpoint_every)
+    sharding = magpie.Sharding(options["worker"], options["workers"])
+    magpie.check_job(plan.parts, job)
+
+    owned = [c for c in plan.chunks() if sharding.owns(c)]
+    todo = [c for c in owned if not plan.done(c)]
+    if todo:
+        backend = open_backend(options["backend"], model, job.seed, options["tp"])
+        generator = magpie.MagpieGenerator(job, family, preset, backend)
+        magpie.write_chunks(generator, plan, todo, sum(plan.records_in(c) for c in owned), console)
+    missing = [c for c in plan.chunks() if not plan.done(c)]
+    if missing:
+        console.print(
+            f"This worker's chunks are done; {len(missing)} chunk(s) of other workers are "
+            f"still missing, so {out} is assembled when the last worker finishes."
+        )
+        return {}
+    return magpie.assemble(plan, out, job)
