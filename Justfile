@@ -37,6 +37,18 @@ train task hw *overrides: setup
 generate task *options: setup
     {{infer}} -m tuner generate "$@"
 
+# Filter a JSONL of conversations: rules, near-duplicates, decontamination (preset=, tiers=…)
+filter input *options: setup
+    {{infer}} -m tuner filter "$@"
+
+# Preference pairs for DPO from a JSONL of conversations (models=, scorer=judge|rm:MODEL, min_margin=)
+prefs input *options: setup
+    {{infer}} -m tuner prefs "$@"
+
+# Measure the speed targets (generate, filter; all by default) into bench/results/
+bench *names: setup
+    {{infer}} -m tuner bench "$@"
+
 # Convert the embedded default model once and print its folder
 model: setup
     {{python}} -m tuner model

@@ -97,6 +97,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_filter(args: argparse.Namespace) -> None:
+    from tuner.filter.run import filter_records
+
+    stats = filter_records(args.input, args.options, err)
+    out.print(
+        f"Kept {stats['kept']} of {stats['input_records']} records "
+        f"({stats['kept_fraction']:.1%}); removed by rule: {stats['removed_by_rule']}"
+    )
+    out.print(f"Outputs (kept, rejected, stats.json, removals.png) in {stats['output']}")
+
+
+def cmd_prefs(args: argparse.Namespace) -> None:
+    from tuner.preferences import build_preferences
+
+    stats = build_preferences(args.input, args.options, err)
+    out.print(
+        f"{stats['pairs']} preference pairs from {stats['input_records']} prompts "
+        f"(dropped: {stats['dropped'] or 'none'}); pairs.jsonl, dropped.jsonl, stats.json "
+        f"and scores.png in {stats['output']}"
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tuner.bench import run
+
+    run(args.names, err)
+
+
 def cmd_model(_: argparse.Namespace) -> None:
     from tuner.models import ensure_embedded_model
 
@@ -146,6 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "filter",
+        help="quality rules, exact and near-duplicate removal, decontamination",
+        description="Options as key=value: preset (filter/presets/NAME.yaml, or a YAML path; "
+        "'default'), out (folder; INPUT's name + .filtered), against (evaluation sets to "
+        "decontaminate against, comma list of JSONL/text files), workers (processes), tasks "
+        "(shards; = workers), tiers (comma list of sizes: top-K files by quality score).",
+    )
+    p.add_argument("input", help="a JSONL file of conversations (or a comma list)")
+    p.add_argument("options", nargs="*", help="key=value options (see above)")
+    p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser(
+        "prefs",
+        help="preference pairs for DPO: sample responses, score them, best vs worst",
+        description="Options as key=value: models (comma list, loaded one after another; "
+        "'embedded'), samples (responses per model; 4 with one model, else 1), scorer "
+        "('judge' through vLLM with generate/judge.yaml, or rm:MODEL for a reward model), "
+        "judge (the judge model; 'embedded'), min_margin (pairs under it are dropped, ties "
+        "included; 1.0), max_tokens, seed, out (folder; INPUT's name + .prefs).",
+    )
+    p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
+    p.add_argument("options", nargs="*", help="key=value options (see above)")
+    p.set_defaults(func=cmd_prefs)
+
+    p = sub.add_parser("bench", help="speed benchmarks, written to bench/results/NAME.json")
+    p.add_argument("names", nargs="*", help="generate, filter (all by default)")
+    p.set_defaults(func=cmd_bench)
 
     sub.add_parser(
         "model", help="convert the embedded default model (once) and print its folder"

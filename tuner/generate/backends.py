@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tuner.errors import TunerError
 from tuner.generate.templates import Sampling
@@ -33,8 +33,15 @@ class Backend(Protocol):
     name: str
 
     def complete(
-        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
-    ) -> list[Completion]: ...
+        self,
+        prompts: list[str],
+        sampling: Sampling,
+        seeds: list[int],
+        stop: list[str],
+        schema: dict[str, Any] | None = None,
+    ) -> list[Completion]:
+        """One completion per prompt; with `schema`, each is JSON matching it."""
+        ...
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The conversation through the model's own chat template, as text."""
@@ -83,9 +90,17 @@ class VllmBackend:
         self.tokenizer = self.llm.get_tokenizer()
 
     def complete(
-        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
+        self,
+        prompts: list[str],
+        sampling: Sampling,
+        seeds: list[int],
+        stop: list[str],
+        schema: dict[str, Any] | None = None,
     ) -> list[Completion]:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=schema) if schema else None
 
         params = [
             SamplingParams(
@@ -95,6 +110,7 @@ class VllmBackend:
                 repetition_penalty=sampling.repetition_penalty,
                 stop=stop,
                 seed=seed,
+                structured_outputs=structured,
             )
             for seed in seeds
         ]
@@ -134,8 +150,18 @@ class TransformersBackend:
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
     def complete(
-        self, prompts: list[str], sampling: Sampling, seeds: list[int], stop: list[str]
+        self,
+        prompts: list[str],
+        sampling: Sampling,
+        seeds: list[int],
+        stop: list[str],
+        schema: dict[str, Any] | None = None,
     ) -> list[Completion]:
+        if schema:
+            raise TunerError(
+                "Structured output (the judge's JSON) needs vLLM; run in the inference "
+                "environment (`just prefs`), or score with a reward model (scorer=rm:MODEL)."
+            )
         completions: list[Completion] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]

@@ -1,0 +1,217 @@
+"""`just bench [generate|filter]`: the speed targets, measured and written to
+`bench/results/NAME.json` (never asserted in tests).
+
+- generate: output tokens/s of the project's generator (vLLM) against transformers
+  `generate` at batch 8, on the same prompts, in one run, on the embedded default.
+- filter: a seeded million-record corpus with planted near-duplicates through the
+  default preset (rules + near-dedup) on two workers; wall time, and the recall and
+  precision of near-duplicate detection against exact Jaccard on a sample.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.project import ROOT, cache_dir
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def write_result(name: str, result: dict[str, Any], console: Console) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2))
+    console.print_json(json.dumps(result))
+    console.print(f"Wrote {path}")
+    return path
+
+
+def bench_generate(console: Console, prompts: int = 64, max_tokens: int = 128) -> Path:
+    from tuner.generate.backends import TransformersBackend, VllmBackend
+    from tuner.generate.templates import Sampling, family_for, persona
+    from tuner.models import ensure_embedded_model
+
+    model = str(ensure_embedded_model())
+    family = family_for(model)
+    # Magpie's first step, as `just generate` runs it: the pre-query template, sampled.
+    prompt = family.instruction_prompt(persona("instruction"))
+    batch = [prompt] * prompts
+    seeds = list(range(prompts))
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
+    measured = {}
+    for name, backend in (
+        ("vllm", lambda: VllmBackend(model, seed=0)),
+        ("transformers_batch_8", lambda: TransformersBackend(model, seed=0, batch_size=8)),
+    ):
+        with console.status(f"Generating with {name}…"):
+            engine = backend()
+            engine.complete(batch[:2], sampling, seeds[:2], family.stop)  # warm-up
+            started = time.perf_counter()
+            completions = engine.complete(batch, sampling, seeds, family.stop)
+            seconds = time.perf_counter() - started
+        tokens = sum(c.tokens for c in completions)
+        measured[name] = {
+            "output_tokens": tokens,
+            "seconds": round(seconds, 2),
+            "output_tokens_per_second": round(tokens / seconds, 1),
+        }
+        del engine
+    speedup = (
+        measured["vllm"]["output_tokens_per_second"]
+        / measured["transformers_batch_8"]["output_tokens_per_second"]
+    )
+    return write_result(
+        "generate",
+        {
+            "model": "SmolLM2-135M-Instruct (embedded), bfloat16, CPU",
+            "prompts": prompts,
+            "max_tokens": max_tokens,
+            "results": measured,
+            "speedup": round(speedup, 2),
+            "target_speedup": 8.0,
+            "meets_target": speedup >= 8.0,
+        },
+        console,
+    )
+
+
+def shingles(text: str, n: int) -> set[str]:
+    from tuner.filter.rules import WORD
+
+    words = WORD.findall(text.lower())
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def bench_filter(console: Console, n: int = 1_000_000, workers: int = 2) -> Path:
+    from tuner.filter.rules import load_preset
+    from tuner.filter.run import filter_records
+    from tuner.filter.synthetic import SyntheticCorpus, english_words
+    from tuner.models import ensure_embedded_model
+    from tuner.records import write_records
+
+    folder = cache_dir() / "bench"
+    corpus_path = folder / f"synthetic-{n}.jsonl"
+    planted_path = folder / f"synthetic-{n}.planted.json"
+    if not (corpus_path.is_file() and planted_path.is_file()):
+        with console.status(f"Writing a seeded corpus of {n} records…"):
+            words = english_words(ensure_embedded_model() / "tokenizer.json")
+            records, planted = [], []
+            for record, plant in SyntheticCorpus(words, seed=0).generate(n):
+                records.append(record)
+                if plant:
+                    planted.append([plant.index, plant.source, plant.exact])
+            write_records(corpus_path, records)
+            planted_path.write_text(json.dumps(planted))
+            del records
+    out = folder / f"filtered-{n}"
+    started = time.perf_counter()
+    stats = filter_records(str(corpus_path), [f"out={out}", f"workers={workers}"], console)
+    seconds = time.perf_counter() - started
+    quality = near_duplicate_quality(
+        corpus_path, planted_path, out, load_preset("default").near_duplicates.jaccard
+    )
+    return write_result(
+        "filter",
+        {
+            "records": n,
+            "workers": workers,
+            "seconds": round(seconds, 1),
+            "target_seconds": 300,
+            "meets_time_target": seconds <= 300,
+            "kept": stats["kept"],
+            "removed_by_rule": stats["removed_by_rule"],
+            "near_duplicates": quality,
+            "meets_quality_target": quality["recall"] >= 0.95 and quality["precision"] >= 0.95,
+        },
+        console,
+    )
+
+
+def near_duplicate_quality(
+    corpus: Path, planted_path: Path, out: Path, threshold: float, sample: int = 1500
+) -> dict[str, Any]:
+    """Pairwise recall and precision on a sample: 1500 planted near-copies with their
+    sources plus 1500 records drawn at random. A pair is a true duplicate when the exact
+    Jaccard similarity of its word 5-gram sets reaches the threshold; it is found when
+    the filter put both records in one near-duplicate cluster."""
+    rng = random.Random(1)
+    planted = [p for p in json.loads(planted_path.read_text()) if not p[2]]
+    chosen = set()
+    for index, source, _ in rng.sample(planted, min(sample, len(planted))):
+        chosen |= {index, source}
+    total = sum(1 for _ in corpus.open())
+    chosen |= set(rng.sample(range(total), sample))
+
+    texts: dict[str, set[str]] = {}
+    with corpus.open() as handle:
+        for index, line in enumerate(handle):
+            if index in chosen:
+                record = json.loads(line)
+                texts[record["meta"]["id"]] = shingles(
+                    "\n".join(m["content"] for m in record["messages"]), 5
+                )
+    clusters: dict[str, int] = {}
+    ruled_out = set()
+    for name in ("kept.jsonl", "rejected.jsonl"):
+        with (out / name).open() as handle:
+            for line in handle:
+                record = json.loads(line)
+                key = record["meta"]["id"]
+                if key not in texts:
+                    continue
+                verdict = record["meta"]["filter"]
+                if "cluster" in verdict and verdict["cluster"] is not None:
+                    clusters[key] = verdict["cluster"]
+                if set(verdict.get("rejected_by", [])) - {"near duplicate"}:
+                    ruled_out.add(key)  # removed by a rule before deduplication
+    ids = sorted(set(texts) - ruled_out)
+    true_pos = false_pos = false_neg = 0
+    for a, b in combinations(ids, 2):
+        same = clusters.get(a, -1) >= 0 and clusters.get(a) == clusters.get(b)
+        similar = jaccard(texts[a], texts[b]) >= threshold
+        true_pos += same and similar
+        false_pos += same and not similar
+        false_neg += similar and not same
+    return {
+        "sample_records": len(ids),
+        "pairs": len(ids) * (len(ids) - 1) // 2,
+        "true_duplicate_pairs": true_pos + false_neg,
+        "found_pairs": true_pos + false_pos,
+        "recall": round(true_pos / (true_pos + false_neg), 4) if true_pos + false_neg else None,
+        "precision": round(true_pos / (true_pos + false_pos), 4) if true_pos + false_pos else None,
+        "jaccard_threshold": threshold,
+    }
+
+
+BENCHMARKS = {"generate": bench_generate, "filter": bench_filter}
+
+
+def run(names: list[str], console: Console) -> None:
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        raise TunerError(f"Unknown benchmark(s) {unknown}. Benchmarks: {', '.join(BENCHMARKS)}.")
+    for name in names or list(BENCHMARKS):
+        BENCHMARKS[name](console)

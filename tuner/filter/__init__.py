@@ -1,0 +1,1 @@
+"""Quality filtering of conversation records: rules, near-duplicates, decontamination."""

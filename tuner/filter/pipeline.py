@@ -1,0 +1,163 @@
+"""`just filter INPUT`: rules, exact and near-duplicate removal and decontamination, run
+as datatrove pipelines on its local executor (the same steps run on its Slurm and
+Ray executors for web-scale inputs).
+
+Stages, each resumable (datatrove skips the tasks it logged as complete):
+  0. read:  every input line is checked (file:line errors before anything runs),
+            exact duplicates are removed, and the records are dealt into one shard
+            per task as datatrove documents carrying the original record;
+  1. rules: the preset's rules and decontamination; survivors are written and their
+            MinHash signatures computed;
+  2-3.      LSH buckets, then clusters of near-duplicates (datatrove's MinHash steps);
+  4. dedup: one record per cluster is kept.
+Then the kept and rejected records go back to the project's schema, with the reasons
+per record, `stats.json` and a bar chart of removals by rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+from pydantic import ValidationError
+
+from tuner.errors import TunerError
+from tuner.filter.decontamination import EvalNgrams
+from tuner.filter.rules import WORD, FilterPreset, QualityRules
+from tuner.records import Conversation
+
+EXACT_DUPLICATE = "exact duplicate"
+NEAR_DUPLICATE = "near duplicate"
+CONTAMINATED = "contamination"
+
+
+def conversation_text(record: Conversation) -> tuple[str, str]:
+    """The user's turns and the assistant's turns, each joined."""
+    user = "\n".join(m.content for m in record.messages if m.role == "user")
+    assistant = "\n".join(m.content for m in record.messages if m.role == "assistant")
+    return user, assistant
+
+
+def exact_key(text: str) -> bytes:
+    """Case and whitespace do not make two records different."""
+    return hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=8).digest()
+
+
+@dataclass
+class ShardCounts:
+    records: int = 0
+    exact_duplicates: int = 0
+
+
+def read_and_shard(inputs: list[Path], shards: Path, tasks: int, rejected: Path) -> ShardCounts:
+    """Check every line of the inputs, drop exact duplicates (written to `rejected`) and
+    deal the rest into `tasks` shard files of datatrove documents."""
+    counts = ShardCounts()
+    seen: set[bytes] = set()
+    partial = shards.with_name(shards.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    outputs = [(partial / f"{i:05d}.jsonl").open("w", encoding="utf-8") for i in range(tasks)]
+    with rejected.open("w", encoding="utf-8") as duplicates:
+        for path in inputs:
+            for number, raw in numbered_lines(path):
+                record = parse_line(path, number, raw)
+                user, assistant = conversation_text(Conversation.model_validate(record))
+                text = f"{user}\n{assistant}"
+                key = exact_key(text)
+                if key in seen:
+                    counts.exact_duplicates += 1
+                    duplicates.write(json.dumps(rejected_record(record, [EXACT_DUPLICATE])) + "\n")
+                    continue
+                seen.add(key)
+                doc = {"text": text, "id": f"{path.name}:{number}", "metadata": {"record": record}}
+                outputs[counts.records % tasks].write(json.dumps(doc, ensure_ascii=False) + "\n")
+                counts.records += 1
+    for handle in outputs:
+        handle.close()
+    if counts.records + counts.exact_duplicates == 0:
+        raise TunerError(f"{', '.join(map(str, inputs))}: no records to filter (empty input).")
+    shutil.rmtree(shards, ignore_errors=True)
+    partial.rename(shards)
+    return counts
+
+
+def numbered_lines(path: Path) -> Iterable[tuple[int, str]]:
+    if not path.is_file():
+        raise TunerError(f"{path}: no such file.")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
+
+
+def parse_line(path: Path, number: int, raw: str) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+        Conversation.model_validate(record)
+    except json.JSONDecodeError as err:
+        raise TunerError(
+            f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
+            "Fix or remove that line; nothing has been written yet."
+        ) from None
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
+        )
+        raise TunerError(
+            f"{path}:{number}: not a conversation record ({problems}). Each line needs "
+            '{"messages": [{"role": …, "content": …}, …]}.'
+        ) from None
+    return record
+
+
+def rejected_record(record: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
+    meta = dict(record.get("meta") or {})
+    meta["filter"] = {"rejected_by": reasons}
+    return {**record, "meta": meta}
+
+
+class RegexWordTokenizer(WordTokenizer):
+    """Words as \\w+ runs: language-independent and fast. datatrove's default English
+    tokenizers need NLTK or spaCy data downloaded at run time."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return WORD.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in WORD.finditer(text)]
+
+
+class QualityFilter(BaseFilter):
+    """The preset's rules and decontamination as one datatrove filter, so that a
+    rejected record carries every reason it failed, not only the first."""
+
+    name = "quality rules"
+
+    def __init__(self, preset: FilterPreset, eval_ngrams: EvalNgrams | None, exclusion_writer):
+        super().__init__(exclusion_writer)
+        self.rules = QualityRules(preset)
+        self.eval_ngrams = eval_ngrams
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        record = Conversation.model_validate(doc.metadata["record"])
+        user, assistant = conversation_text(record)
+        reasons, score = self.rules.reasons(user, assistant)
+        if self.eval_ngrams is not None and self.eval_ngrams.overlaps(doc.text):
+            reasons.append(CONTAMINATED)
+        doc.metadata["quality"] = score
+        if reasons:
+            doc.metadata["reasons"] = reasons
+            return False, reasons[0]
+        return True

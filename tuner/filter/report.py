@@ -1,0 +1,81 @@
+"""What the filter did, for a person and for the report: statistics that add up, a bar
+chart of removals by rule, and quality tiers of the kept records."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tuner.filter.rules import FilterPreset
+from tuner.records import write_records
+
+
+def statistics(
+    output: Path,
+    inputs: list[str],
+    total: int,
+    kept: int,
+    rejected: list[dict[str, Any]],
+    preset: FilterPreset,
+    options: dict[str, Any],
+    tiers: dict[str, str],
+) -> dict[str, Any]:
+    """`removed_by_rule` counts every record a rule failed (a record may fail several);
+    `removed_only_by_rule` counts those that rule alone removed. kept + rejected = input."""
+    reasons = [r["meta"]["filter"]["rejected_by"] for r in rejected]
+    by_rule = Counter(reason for record in reasons for reason in record)
+    only_by = Counter(record[0] for record in reasons if len(record) == 1)
+    return {
+        "output": str(output),
+        "inputs": inputs,
+        "input_records": total,
+        "kept": kept,
+        "rejected": len(rejected),
+        "kept_fraction": round(kept / total, 4) if total else 0.0,
+        "removed_by_rule": dict(by_rule.most_common()),
+        "removed_only_by_rule": dict(only_by.most_common()),
+        "tiers": tiers,
+        "preset": preset.model_dump(),
+        "options": options,
+    }
+
+
+def write_tiers(out: Path, kept: list[dict[str, Any]], sizes: list[int]) -> dict[str, str]:
+    """The top `size` kept records by quality score, one file per size, so that subsets
+    of 10K, 100K or 1M can be compared by training on each."""
+    ranked = sorted(kept, key=lambda r: r["meta"]["filter"]["quality"], reverse=True)
+    files = {}
+    for size in sorted(sizes):
+        path = out / f"top-{size}.jsonl"
+        write_records(path, ranked[:size])
+        files[str(size)] = str(path)
+    return files
+
+
+def removals_chart(stats: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = list(stats["removed_by_rule"])
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(rules) + 1.8))
+    positions = range(len(rules))
+    axes.barh(positions, [stats["removed_by_rule"][r] for r in rules], label="failed the rule")
+    axes.barh(
+        positions,
+        [stats["removed_only_by_rule"].get(r, 0) for r in rules],
+        label="removed by this rule alone",
+    )
+    axes.set_yticks(list(positions), rules)
+    axes.invert_yaxis()
+    axes.set_xlabel("records")
+    axes.set_title(
+        f"Removed {stats['rejected']} of {stats['input_records']} records "
+        f"(kept {stats['kept_fraction']:.0%})"
+    )
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,214 @@
+"""Runs the filter stages on datatrove's local executor and writes the outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.filter import report
+from tuner.filter.decontamination import EvalNgrams
+from tuner.filter.pipeline import (
+    NEAR_DUPLICATE,
+    QualityFilter,
+    RegexWordTokenizer,
+    read_and_shard,
+    rejected_record,
+)
+from tuner.filter.rules import FilterPreset, load_preset
+from tuner.options import parse_options, positive_int
+
+
+def paths(raw: str) -> list[Path]:
+    return [Path(part) for part in raw.split(",") if part]
+
+
+def sizes(raw: str) -> list[int]:
+    return [positive_int(part) for part in raw.split(",") if part]
+
+
+OPTIONS = {
+    "preset": (str, "default"),
+    "out": (Path, None),
+    "against": (paths, []),
+    "workers": (positive_int, min(2, os.cpu_count() or 1)),
+    "tasks": (positive_int, None),
+    "tiers": (sizes, []),
+}
+
+
+def fingerprint(inputs: list[Path], preset: FilterPreset, against: list[Path], tasks: int) -> str:
+    """What the intermediate files depend on: a change restarts the stages."""
+    digest = hashlib.sha256(preset.model_dump_json().encode() + str(tasks).encode())
+    for path in [*inputs, *against]:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def filter_records(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+    options = parse_options(option_pairs, OPTIONS, "filter")
+    inputs = paths(input_arg)
+    for path in inputs:
+        if not path.is_file():
+            raise TunerError(f"{path}: no such file (INPUT is a JSONL file or a comma list).")
+    preset = load_preset(options["preset"])
+    out: Path = options["out"] or inputs[0].with_name(inputs[0].stem + ".filtered")
+    tasks = options["tasks"] or options["workers"]
+    work = out / "work"
+    stamp = work / "fingerprint"
+    wanted = fingerprint(inputs, preset, options["against"], tasks)
+    if stamp.is_file() and stamp.read_text() != wanted:
+        shutil.rmtree(work)  # inputs or settings changed: the old intermediates do not apply
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wanted)
+
+    eval_ngrams = None
+    if options["against"] and preset.decontamination:
+        eval_ngrams = EvalNgrams(options["against"], preset.decontamination.ngram)
+
+    with console.status("Reading and checking the input…"):
+        if not (work / "shards").is_dir():
+            counts = read_and_shard(inputs, work / "shards", tasks, work / "exact.jsonl")
+            (work / "shard-counts.json").write_text(json.dumps(counts.__dict__))
+        counts = json.loads((work / "shard-counts.json").read_text())
+    run_stages(work, preset, eval_ngrams, tasks, options["workers"], console)
+    return write_outputs(out, work, preset, counts, options["tiers"], options, inputs)
+
+
+def run_stages(
+    work: Path,
+    preset: FilterPreset,
+    eval_ngrams: EvalNgrams | None,
+    tasks: int,
+    workers: int,
+    console: Console,
+) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    def writer(folder: str) -> JsonlWriter:
+        return JsonlWriter(str(work / folder), output_filename="${rank}.jsonl", compression=None)
+
+    def execute(name: str, pipeline: list, n_tasks: int) -> None:
+        console.print(f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s))")
+        LocalPipelineExecutor(
+            pipeline=pipeline,
+            tasks=n_tasks,
+            workers=min(workers, n_tasks),
+            logging_dir=str(work / "logs" / name),
+        ).run()
+
+    rules = [
+        JsonlReader(str(work / "shards"), compression=None),
+        QualityFilter(preset, eval_ngrams, exclusion_writer=writer("rejected-rules")),
+        writer("passed"),
+    ]
+    dedup = preset.near_duplicates
+    if dedup is None:
+        execute("rules", rules, tasks)
+        return
+    config = MinhashConfig(
+        n_grams=dedup.ngram, num_buckets=dedup.buckets, hashes_per_bucket=dedup.hashes_per_bucket
+    )
+    tokenizer = RegexWordTokenizer()
+    execute(
+        "rules",
+        [*rules, MinhashDedupSignature(str(work / "signatures"), config, language=tokenizer)],
+        tasks,
+    )
+    execute(
+        "minhash buckets",
+        [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config)],
+        dedup.buckets,
+    )
+    execute(
+        "minhash clusters",
+        [
+            MinhashDedupCluster(
+                str(work / "buckets"), str(work / "clusters"), config, save_cluster_id=True
+            )
+        ],
+        1,
+    )
+    execute(
+        "remove near-duplicates",
+        [
+            JsonlReader(str(work / "passed"), compression=None),
+            MinhashDedupFilter(
+                str(work / "clusters"),
+                exclusion_writer=writer("rejected-near"),
+                load_cluster_ids=True,
+            ),
+            writer("kept"),
+        ],
+        tasks,
+    )
+
+
+def documents(folder: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(folder.glob("*.jsonl")):
+        docs += [json.loads(line) for line in path.open(encoding="utf-8")]
+    return docs
+
+
+def write_outputs(
+    out: Path,
+    work: Path,
+    preset: FilterPreset,
+    counts: dict[str, int],
+    tiers: list[int],
+    options: dict[str, Any],
+    inputs: list[Path],
+) -> dict[str, Any]:
+    from tuner.records import write_records
+
+    kept_folder = "kept" if preset.near_duplicates else "passed"
+    kept = []
+    for doc in documents(work / kept_folder):
+        record = doc["metadata"]["record"]
+        meta = dict(record.get("meta") or {})
+        meta["filter"] = {"quality": doc["metadata"]["quality"]}
+        if doc["metadata"].get("minhash_cluster_id", -1) >= 0:
+            meta["filter"]["cluster"] = doc["metadata"]["minhash_cluster_id"]  # kept for it
+        kept.append({**record, "meta": meta})
+    rejected = [json.loads(line) for line in (work / "exact.jsonl").open(encoding="utf-8")]
+    for doc in documents(work / "rejected-rules"):
+        rejected.append(rejected_record(doc["metadata"]["record"], doc["metadata"]["reasons"]))
+    for doc in documents(work / "rejected-near"):
+        record = rejected_record(doc["metadata"]["record"], [NEAR_DUPLICATE])
+        record["meta"]["filter"]["cluster"] = doc["metadata"].get("minhash_cluster_id")
+        rejected.append(record)
+
+    write_records(out / "kept.jsonl", kept)
+    write_records(out / "rejected.jsonl", rejected)
+    tier_files = report.write_tiers(out, kept, tiers)
+    stats = report.statistics(
+        output=out,
+        inputs=[str(p) for p in inputs],
+        total=counts["records"] + counts["exact_duplicates"],
+        kept=len(kept),
+        rejected=rejected,
+        preset=preset,
+        options={k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
+        tiers=tier_files,
+    )
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    report.removals_chart(stats, out / "removals.png")
+    shutil.rmtree(work)
+    return stats

@@ -1,0 +1,323 @@
+"""`just prefs INPUT`: preference pairs for DPO from conversation records.
+
+For each record's prompt (its turns up to the last user message), several responses
+are sampled (from several models loaded one after another, or several samples of one),
+each is scored by an LLM judge through vLLM (a rubric and structured JSON output,
+generate/judge.yaml) or by a sequence-classification reward model, and the best and
+the worst become chosen and rejected. Pairs whose margin is under `min_margin`, ties
+included, are dropped and counted: DPO learns nothing from them, and a tie broken
+arbitrarily teaches noise.
+
+Each stage writes its file atomically and is skipped when that file exists, so an
+interrupted run resumes at the stage it was in.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.generate.backends import Backend, open_backend
+from tuner.generate.templates import GENERATE_DIR, Sampling
+from tuner.options import parse_options, positive_int
+from tuner.records import Conversation, PreferencePair, read_records, write_records
+
+EMBEDDED = "embedded"
+Prompt = list[dict[str, str]]
+
+
+def model_list(raw: str) -> list[str]:
+    return [part for part in raw.split(",") if part]
+
+
+OPTIONS = {
+    "models": (model_list, [EMBEDDED]),
+    "samples": (positive_int, None),
+    "scorer": (str, "judge"),
+    "judge": (str, EMBEDDED),
+    "min_margin": (float, 1.0),
+    "max_tokens": (positive_int, None),
+    "seed": (int, 42),
+    "out": (Path, None),
+}
+
+
+def load_judge_settings() -> dict[str, Any]:
+    path = GENERATE_DIR / "judge.yaml"
+    settings = yaml.safe_load(path.read_text())
+    for key in ("rubric", "schema", "candidates", "judge"):
+        if key not in settings:
+            raise TunerError(f"{path}: the key '{key}' is missing.")
+    return settings
+
+
+def prompt_of(record: Conversation) -> Prompt:
+    """The turns up to and including the last user message."""
+    messages = [m.model_dump(include={"role", "content"}) for m in record.messages]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return messages[: last_user + 1]
+
+
+def resolve(model: str) -> str:
+    if model == EMBEDDED:
+        from tuner.models import ensure_embedded_model
+
+        return str(ensure_embedded_model())
+    return model
+
+
+def release(backend: Backend | None) -> None:
+    """Free one model before loading the next (one GPU holds one at a time)."""
+    del backend
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def sample_candidates(
+    prompts: list[Prompt],
+    model: str,
+    samples: int,
+    sampling: Sampling,
+    seed: int,
+    console: Console,
+) -> list[list[str]]:
+    backend = open_backend("auto", resolve(model), seed)
+    rendered = [backend.render(p, add_generation_prompt=True) for p in prompts]
+    batch = [text for text in rendered for _ in range(samples)]
+    seeds = [seed + i for i in range(len(batch))]
+    with console.status(f"Sampling {len(batch)} responses from {model}…"):
+        completions = backend.complete(batch, sampling, seeds, stop=[])
+    release(backend)
+    return [
+        [c.text.strip() for c in completions[i * samples : (i + 1) * samples]]
+        for i in range(len(prompts))
+    ]
+
+
+class JudgeScorer:
+    """An instruction-following model grading each response with the rubric; vLLM's
+    structured output constrains its answer to the rubric's JSON schema."""
+
+    def __init__(self, model: str, settings: dict[str, Any], seed: int) -> None:
+        self.name = f"judge:{model}"
+        self.backend = open_backend("vllm", resolve(model), seed)
+        self.settings = settings
+
+    def score(self, prompts: list[Prompt], responses: list[list[str]]) -> list[list[float]]:
+        rubric = self.settings["rubric"]
+        requests, shape = [], []
+        for prompt, candidates in zip(prompts, responses, strict=True):
+            instruction = "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
+            shape.append(len(candidates))
+            for response in candidates:
+                filled = rubric.replace("{instruction}", instruction).replace(
+                    "{response}", response
+                )
+                requests.append(self.backend.render([{"role": "user", "content": filled}], True))
+        completions = self.backend.complete(
+            requests,
+            Sampling(**self.settings["judge"]),
+            seeds=[0] * len(requests),
+            stop=[],
+            schema=self.settings["schema"],
+        )
+        scores = [parse_score(c.text) for c in completions]
+        release(self.backend)
+        grouped, start = [], 0
+        for size in shape:
+            grouped.append(scores[start : start + size])
+            start += size
+        return grouped
+
+
+def parse_score(text: str) -> float:
+    try:
+        return float(json.loads(text)["score"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        # Structured output makes this rare (a completion cut at max_tokens).
+        match = re.search(r"\d+(\.\d+)?", text)
+        return float(match.group()) if match else float("nan")
+
+
+class RewardModelScorer:
+    """A sequence-classification reward model (e.g. Skywork-Reward, ArmoRM): the
+    logit of the conversation with the response as the assistant's turn."""
+
+    def __init__(self, model: str) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = f"rm:{model}"
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve(model))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            resolve(model), num_labels=1, dtype=torch.bfloat16 if device == "cuda" else None
+        ).to(device)
+        self.model.eval()
+
+    def score(self, prompts: list[Prompt], responses: list[list[str]]) -> list[list[float]]:
+        grouped = []
+        for prompt, candidates in zip(prompts, responses, strict=True):
+            row = []
+            for response in candidates:
+                text = self.tokenizer.apply_chat_template(
+                    [*prompt, {"role": "assistant", "content": response}], tokenize=False
+                )
+                inputs = self.tokenizer(text, return_tensors="pt", truncation=True).to(
+                    self.model.device
+                )
+                with self.torch.inference_mode():
+                    row.append(float(self.model(**inputs).logits[0, 0]))
+            grouped.append(row)
+        return grouped
+
+
+def make_pairs(
+    records: list[Conversation],
+    prompts: list[Prompt],
+    candidates: list[Prompt],
+    scores: list[list[float]],
+    min_margin: float,
+    scorer: str,
+) -> tuple[list[PreferencePair], list[dict[str, Any]]]:
+    pairs, dropped = [], []
+    for record, prompt, options, marks in zip(records, prompts, candidates, scores, strict=True):
+        valid = [(s, o) for s, o in zip(marks, options, strict=True) if s == s and o["text"]]
+        meta = {
+            **record.meta,
+            "scorer": scorer,
+            "candidates": [{**o, "score": s} for s, o in zip(marks, options, strict=True)],
+        }
+        if len(valid) < 2:
+            dropped.append({"messages": prompt, "meta": {**meta, "dropped": "fewer than 2 scored"}})
+            continue
+        best = max(valid, key=lambda pair: pair[0])
+        worst = min(valid, key=lambda pair: pair[0])
+        margin = best[0] - worst[0]
+        if margin < min_margin:
+            reason = "tie" if margin == 0 else f"margin under {min_margin}"
+            dropped.append(
+                {"messages": prompt, "meta": {**meta, "margin": margin, "dropped": reason}}
+            )
+            continue
+        pairs.append(
+            PreferencePair.model_validate(
+                {
+                    "messages": prompt,
+                    "chosen": {"role": "assistant", "content": best[1]["text"]},
+                    "rejected": {"role": "assistant", "content": worst[1]["text"]},
+                    "meta": {
+                        **meta,
+                        "margin": margin,
+                        "chosen_model": best[1]["model"],
+                        "rejected_model": worst[1]["model"],
+                    },
+                }
+            )
+        )
+    return pairs, dropped
+
+
+def histograms(scores: list[float], margins: list[float], min_margin: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.hist(scores, bins=20)
+    left.set_title("Scores of all responses")
+    left.set_xlabel("score")
+    right.hist(margins, bins=20)
+    right.axvline(min_margin, color="red", linestyle="--", label=f"min_margin = {min_margin}")
+    right.set_title("Best minus worst, per prompt")
+    right.set_xlabel("margin")
+    right.legend()
+    for axes in (left, right):
+        axes.set_ylabel("count")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+    options = parse_options(option_pairs, OPTIONS, "prefs")
+    source = Path(input_arg)
+    records = read_records(source, Conversation)
+    out: Path = options["out"] or source.with_name(source.stem + ".prefs")
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    settings = load_judge_settings()
+    models = options["models"]
+    samples = options["samples"] or (1 if len(models) > 1 else 4)
+    if len(models) * samples < 2:
+        raise TunerError("prefs: need at least two responses per prompt (samples=2 or models=A,B).")
+    sampling = Sampling(**settings["candidates"])
+    if options["max_tokens"] or models == [EMBEDDED]:
+        sampling = sampling.model_copy(update={"max_tokens": options["max_tokens"] or 128})
+    prompts = [prompt_of(r) for r in records]
+
+    candidates: list[Prompt] = [[] for _ in records]
+    for index, model in enumerate(models):
+        path = work / f"candidates-{index}.jsonl"
+        if not path.is_file():
+            texts = sample_candidates(prompts, model, samples, sampling, options["seed"], console)
+            write_records(path, [{"responses": t} for t in texts])
+        for row, line in zip(candidates, path.read_text().splitlines(), strict=True):
+            row += [{"model": model, "text": t} for t in json.loads(line)["responses"]]
+
+    scores_path = work / "scores.jsonl"
+    scorer_name = options["scorer"]
+    if not scores_path.is_file():
+        texts = [[c["text"] for c in row] for row in candidates]
+        if scorer_name == "judge":
+            scorer = JudgeScorer(options["judge"], settings, options["seed"])
+        elif scorer_name.startswith("rm:"):
+            scorer = RewardModelScorer(scorer_name.removeprefix("rm:"))
+        else:
+            raise TunerError(f"scorer={scorer_name}: use 'judge' or 'rm:MODEL'.")
+        with console.status(f"Scoring {sum(map(len, texts))} responses with {scorer.name}…"):
+            scored = scorer.score(prompts, texts)
+        write_records(scores_path, [{"scores": row} for row in scored])
+    scores = [json.loads(line)["scores"] for line in scores_path.read_text().splitlines()]
+
+    scorer_label = scorer_name if scorer_name != "judge" else f"judge:{options['judge']}"
+    pairs, dropped = make_pairs(
+        records, prompts, candidates, scores, options["min_margin"], scorer_label
+    )
+    write_records(out / "pairs.jsonl", pairs)
+    write_records(out / "dropped.jsonl", dropped)
+    all_scores = [s for row in scores for s in row if s == s]
+    margins = [max(row) - min(row) for row in scores if len(row) > 1]
+    histograms(all_scores, margins, options["min_margin"], out / "scores.png")
+    stats = {
+        "output": str(out),
+        "input_records": len(records),
+        "pairs": len(pairs),
+        "dropped": dict(Counter(d["meta"]["dropped"] for d in dropped)),
+        "models": models,
+        "samples_per_model": samples,
+        "scorer": scorer_label,
+        "min_margin": options["min_margin"],
+        "mean_margin_kept": round(sum(p.meta["margin"] for p in pairs) / len(pairs), 3)
+        if pairs
+        else None,
+        "score_counts": dict(sorted(Counter(all_scores).items())),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
