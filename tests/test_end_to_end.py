@@ -1,7 +1,8 @@
 """End to end on CPU with the real Axolotl and the real embedded model, in a fresh copy
 of this working tree, the way a new user meets the project: `just demo` first (set-up,
 model conversion, training the instruction recipe, the comparison), then DPO on top of
-it, then an interrupted run that resumes.
+it, preference pairs made by the embedded model (answering and judging through vLLM)
+training the dpo recipe, then an interrupted run that resumes.
 
 The copy shares this checkout's training environment (its `.venvs/` is a link): the
 install steps of `just setup` are what CI's own `just test` runs first on its clean
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tuner.manifest import sha256_file
 from tuner.project import ROOT
+from tuner.records import Conversation, PreferencePair, read_records, write_records
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +64,17 @@ class Clone:
     def tuner(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(self.python), "-m", "tuner", *args],
+            cwd=self.root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def infer(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        """`python -m tuner ARGS` in the copy's inference environment (vLLM)."""
+        return subprocess.run(
+            [str(self.root / ".venvs" / "infer" / "bin" / "python"), "-m", "tuner", *args],
             cwd=self.root,
             env=clean_env(),
             capture_output=True,
@@ -181,6 +195,75 @@ def test_dpo_trains_on_top_of_the_merged_sft_model(demo):
     # Policy and reference start equal; training on the pairs pulls chosen above rejected.
     assert abs(margins[0]) < 1e-3
     assert sum(margins[-5:]) / 5 > 0.1
+
+
+@pytest.fixture(scope="module")
+def prefs(demo) -> tuple[Path, subprocess.CompletedProcess]:
+    """`prefs` on eight instructions, the embedded model answering (3 samples each) and
+    judging through vLLM's CPU build, in the fresh copy's inference environment."""
+    clone, _ = demo
+    source = read_records(ROOT / "recipes" / "data" / "instruction.jsonl", Conversation)[:8]
+    conversations = clone.root / "data" / "conversations.jsonl"
+    write_records(conversations, source)
+    out = clone.root / "data" / "prefs"
+    done = clone.infer("prefs", str(conversations), "samples=3", "min_margin=1", f"out={out}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, done
+
+
+def test_prefs_pairs_best_against_worst_and_drops_ties(prefs):
+    out, _ = prefs
+    stats = json.loads((out / "stats.json").read_text())
+    pairs = read_records(out / "pairs.jsonl", PreferencePair)
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    assert len(pairs) + len(dropped) == 8 == stats["input_records"]
+    assert stats["pairs"] == len(pairs) >= 1
+    assert sum(stats["dropped"].values()) == len(dropped)
+    for pair in pairs:
+        scores = [c["score"] for c in pair.meta["candidates"]]
+        assert len(scores) == 3 and all(1 <= s <= 10 for s in scores)
+        assert pair.meta["margin"] == max(scores) - min(scores) >= 1
+        chosen = next(c for c in pair.meta["candidates"] if c["text"] == pair.chosen.content)
+        rejected = next(c for c in pair.meta["candidates"] if c["text"] == pair.rejected.content)
+        assert chosen["score"] == max(scores) and rejected["score"] == min(scores)
+        assert pair.meta["scorer"] == "judge:embedded"
+    for item in dropped:
+        scores = [c["score"] for c in item["meta"]["candidates"]]
+        assert max(scores) - min(scores) < 1
+    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prefs_re_pairs_with_another_margin_without_sampling_or_judging_again(demo, prefs):
+    clone, _ = demo
+    out, _ = prefs
+    conversations = clone.root / "data" / "conversations.jsonl"
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    not_tied = len(read_records(out / "pairs.jsonl", PreferencePair)) + sum(
+        1 for item in dropped if item["meta"]["dropped"].startswith("margin under")
+    )
+    stages = [out / "work" / "candidates-0.jsonl", out / "work" / "scores.jsonl"]
+    written = [path.stat().st_mtime_ns for path in stages]
+    again = clone.infer("prefs", str(conversations), "samples=3", "min_margin=0", f"out={out}")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert [path.stat().st_mtime_ns for path in stages] == written
+    assert json.loads((out / "stats.json").read_text())["pairs"] == not_tied
+    # Back to the first margin for the DPO test below.
+    assert clone.infer("prefs", str(conversations), "samples=3", f"out={out}").returncode == 0
+
+
+def test_generated_preference_pairs_train_with_the_dpo_recipe(demo, prefs):
+    clone, _ = demo
+    out, _ = prefs
+    pairs = out / "pairs.jsonl"
+    done = clone.tuner("train", "dpo", "cpu", f"data={pairs}", "max_steps=2", "--fresh")
+    assert done.returncode == 0, done.stderr[-5000:]
+    manifest = json.loads((clone.runs / "dpo-cpu" / "manifest.json").read_text())
+    [dataset] = manifest["datasets"]
+    assert dataset["path"] == "./data/prefs/pairs.jsonl"
+    assert dataset["sha256"] == sha256_file(pairs)
+    assert (clone.runs / "dpo-cpu" / "adapter_model.safetensors").is_file()
+    margins = [r for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
+    assert len(margins) == 2
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(demo):

@@ -27,6 +27,7 @@ from rich.console import Console
 from tuner.errors import TunerError
 from tuner.generate.backends import Backend, open_backend
 from tuner.generate.templates import GENERATE_DIR, Sampling
+from tuner.manifest import sha256_file
 from tuner.options import parse_options, positive_int
 from tuner.records import Conversation, PreferencePair, read_records, write_records
 
@@ -74,20 +75,38 @@ def resolve(model: str) -> str:
     return model
 
 
-def release(backend: Backend | None) -> None:
-    """Free one model before loading the next (one GPU holds one at a time)."""
-    del backend
-    gc.collect()
-    try:
-        import torch
+class ModelSlot:
+    """One model loaded at a time, as one GPU holds one: asking for another model frees
+    the current one first; asking for the same one again reuses it (a model that both
+    answers and judges loads once)."""
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.model: str | None = None
+        self.backend: Backend | None = None
+
+    def get(self, model: str, kind: str = "auto") -> Backend:
+        if self.backend is not None and self.model == model and kind in ("auto", self.backend.name):
+            return self.backend
+        self.release()
+        self.backend = open_backend(kind, resolve(model), self.seed)
+        self.model = model
+        return self.backend
+
+    def release(self) -> None:
+        self.backend = self.model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
 
 def sample_candidates(
+    slot: ModelSlot,
     prompts: list[Prompt],
     model: str,
     samples: int,
@@ -95,13 +114,12 @@ def sample_candidates(
     seed: int,
     console: Console,
 ) -> list[list[str]]:
-    backend = open_backend("auto", resolve(model), seed)
+    backend = slot.get(model)
     rendered = [backend.render(p, add_generation_prompt=True) for p in prompts]
     batch = [text for text in rendered for _ in range(samples)]
     seeds = [seed + i for i in range(len(batch))]
     with console.status(f"Sampling {len(batch)} responses from {model}…"):
         completions = backend.complete(batch, sampling, seeds, stop=[])
-    release(backend)
     return [
         [c.text.strip() for c in completions[i * samples : (i + 1) * samples]]
         for i in range(len(prompts))
@@ -112,9 +130,9 @@ class JudgeScorer:
     """An instruction-following model grading each response with the rubric; vLLM's
     structured output constrains its answer to the rubric's JSON schema."""
 
-    def __init__(self, model: str, settings: dict[str, Any], seed: int) -> None:
+    def __init__(self, slot: ModelSlot, model: str, settings: dict[str, Any]) -> None:
         self.name = f"judge:{model}"
-        self.backend = open_backend("vllm", resolve(model), seed)
+        self.backend = slot.get(model, "vllm")
         self.settings = settings
 
     def score(self, prompts: list[Prompt], responses: list[list[str]]) -> list[list[float]]:
@@ -136,7 +154,6 @@ class JudgeScorer:
             schema=self.settings["schema"],
         )
         scores = [parse_score(c.text) for c in completions]
-        release(self.backend)
         grouped, start = [], 0
         for size in shape:
             grouped.append(scores[start : start + size])
@@ -190,7 +207,7 @@ class RewardModelScorer:
 def make_pairs(
     records: list[Conversation],
     prompts: list[Prompt],
-    candidates: list[Prompt],
+    candidates: list[list[dict[str, str]]],
     scores: list[list[float]],
     min_margin: float,
     scorer: str,
@@ -209,7 +226,7 @@ def make_pairs(
         best = max(valid, key=lambda pair: pair[0])
         worst = min(valid, key=lambda pair: pair[0])
         margin = best[0] - worst[0]
-        if margin < min_margin:
+        if margin == 0 or margin < min_margin:  # a tie teaches nothing, whatever min_margin
             reason = "tie" if margin == 0 else f"margin under {min_margin}"
             dropped.append(
                 {"messages": prompt, "meta": {**meta, "margin": margin, "dropped": reason}}
@@ -255,6 +272,16 @@ def histograms(scores: list[float], margins: list[float], min_margin: float, pat
     plt.close(figure)
 
 
+def reuse_or_clear(settings_path: Path, files: list[Path], settings: dict[str, Any]) -> None:
+    """Keep a stage's files only if they were made with these settings: re-pairing with
+    another min_margin reuses everything, another scorer only the candidates."""
+    if settings_path.is_file() and json.loads(settings_path.read_text()) == settings:
+        return
+    for path in files:
+        path.unlink(missing_ok=True)
+    settings_path.write_text(json.dumps(settings))
+
+
 def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
     options = parse_options(option_pairs, OPTIONS, "prefs")
     source = Path(input_arg)
@@ -272,11 +299,30 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
         sampling = sampling.model_copy(update={"max_tokens": options["max_tokens"] or 128})
     prompts = [prompt_of(r) for r in records]
 
-    candidates: list[Prompt] = [[] for _ in records]
+    reuse_or_clear(
+        work / "candidates.settings.json",
+        [work / f"candidates-{i}.jsonl" for i in range(len(models))] + [work / "scores.jsonl"],
+        {
+            "input": sha256_file(source),
+            "models": models,
+            "samples": samples,
+            "sampling": sampling.model_dump(),
+            "seed": options["seed"],
+        },
+    )
+    reuse_or_clear(
+        work / "scores.settings.json",
+        [work / "scores.jsonl"],
+        {"scorer": options["scorer"], "judge": options["judge"], "settings": settings},
+    )
+    slot = ModelSlot(options["seed"])
+    candidates: list[list[dict[str, str]]] = [[] for _ in records]
     for index, model in enumerate(models):
         path = work / f"candidates-{index}.jsonl"
         if not path.is_file():
-            texts = sample_candidates(prompts, model, samples, sampling, options["seed"], console)
+            texts = sample_candidates(
+                slot, prompts, model, samples, sampling, options["seed"], console
+            )
             write_records(path, [{"responses": t} for t in texts])
         for row, line in zip(candidates, path.read_text().splitlines(), strict=True):
             row += [{"model": model, "text": t} for t in json.loads(line)["responses"]]
@@ -286,8 +332,9 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
     if not scores_path.is_file():
         texts = [[c["text"] for c in row] for row in candidates]
         if scorer_name == "judge":
-            scorer = JudgeScorer(options["judge"], settings, options["seed"])
+            scorer = JudgeScorer(slot, options["judge"], settings)
         elif scorer_name.startswith("rm:"):
+            slot.release()
             scorer = RewardModelScorer(scorer_name.removeprefix("rm:"))
         else:
             raise TunerError(f"scorer={scorer_name}: use 'judge' or 'rm:MODEL'.")

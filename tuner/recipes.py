@@ -31,6 +31,8 @@ META_KEY = "tuner"
 # `data=FILE.jsonl` (or a list of files) trains on this project's own records instead of
 # the task's datasets: what the generation, filtering and preference stages write.
 DATA_KEY = "data"
+# With a mixture (`data={a.jsonl: 0.7, b.jsonl: 0.3}`), how many records it holds.
+DATA_SIZE_KEY = "data_size"
 # Keys of a dataset entry that say where the data comes from; the rest says how to read it.
 DATASET_SOURCE_KEYS = ("path", "name", "split", "data_files", "revision", "ds_type")
 
@@ -169,7 +171,8 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     task_cfg = load_task(task)
     hw_cfg = load_hardware(hardware)
     user = parse_overrides(overrides or [])
-    data = user.pop(DATA_KEY, None)
+    data = user_data = user.pop(DATA_KEY, None)
+    data_size = user.pop(DATA_SIZE_KEY, None)
 
     # What the task's training method cannot do without (DPO cannot pack samples) holds
     # on every machine, so it goes over the overlay; the user's word still comes last.
@@ -180,8 +183,14 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     meta = merged.pop(META_KEY, {}) or {}
     config = merged
 
+    out = run_dir(task, hardware)
+    if data_size is not None and not isinstance(data, dict):
+        raise TunerError(f"{DATA_SIZE_KEY}= sizes a mixture: data={{a.jsonl: 0.7, b.jsonl: 0.3}}.")
     if data is not None:
-        config["datasets"] = own_datasets(data, preference=bool(config.get("rl")))
+        preference = bool(config.get("rl"))
+        if isinstance(data, dict):
+            data = mixture_file(data, data_size, preference, out, config.get("seed", 0))
+        config["datasets"] = own_datasets(data, preference)
     elif meta.get("data") == "local" and "datasets" not in user:
         config["datasets"] = local_datasets(task, task_cfg)
     if meta.get("starts_from") and "base_model" not in user:
@@ -193,11 +202,32 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
 
         config["base_model"] = portable(embedded_model_dir())
 
-    out = run_dir(task, hardware)
     config.setdefault("output_dir", portable(out))
     config.setdefault("dataset_prepared_path", portable(out / "prepared"))
-    overrides_given = user if data is None else {**user, DATA_KEY: data}
+    overrides_given = dict(user)
+    if user_data is not None:
+        overrides_given[DATA_KEY] = user_data
+    if data_size is not None:
+        overrides_given[DATA_SIZE_KEY] = data_size
     return ComposedRecipe(task, hardware, config, meta, overrides_given)
+
+
+def user_path(name: str) -> Path:
+    """A path typed on the command line: relative to where the command runs."""
+    return Path(name) if Path(name).is_absolute() else Path.cwd() / name
+
+
+def mixture_file(weights: dict[str, Any], size: Any, preference: bool, run: Path, seed: int) -> str:
+    """Writes the weighted mixture into the run folder and returns its path."""
+    from tuner.mixture import write_mixture
+
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise TunerError(f"{DATA_SIZE_KEY}={size}: give a whole number of records.")
+    sources = {user_path(str(name)): weight for name, weight in weights.items()}
+    schema = PreferencePair if preference else Conversation
+    path = run / "mixture.jsonl"
+    write_mixture(sources, schema, path, seed, size)
+    return str(path)
 
 
 def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
@@ -206,13 +236,13 @@ def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
     files = data if isinstance(data, list) else [data]
     if not files or not all(isinstance(f, str) and f for f in files):
         raise TunerError(
-            "data= takes a JSONL file or a list of them, e.g. data=out/prefs.jsonl "
-            "or data=[a.jsonl,b.jsonl]."
+            "data= takes a JSONL file, a list of them, or a weighted mixture, e.g. "
+            "data=out/prefs.jsonl, data=[a.jsonl,b.jsonl] or data={a.jsonl: 0.7, b.jsonl: 0.3}."
         )
     schema = PreferencePair if preference else Conversation
     entries = []
     for name in files:
-        path = Path(name) if Path(name).is_absolute() else Path.cwd() / name
+        path = user_path(name)
         read_records(path, schema)
         entries.append(dataset_entry(portable(path), preference))
     return entries

@@ -39,10 +39,11 @@ NEAR_DUPLICATE = "near duplicate"
 CONTAMINATED = "contamination"
 
 
-def conversation_text(record: Conversation) -> tuple[str, str]:
-    """The user's turns and the assistant's turns, each joined."""
-    user = "\n".join(m.content for m in record.messages if m.role == "user")
-    assistant = "\n".join(m.content for m in record.messages if m.role == "assistant")
+def conversation_text(record: dict[str, Any]) -> tuple[str, str]:
+    """The user's turns and the assistant's turns of a (checked) record, each joined."""
+    messages = record["messages"]
+    user = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    assistant = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
     return user, assistant
 
 
@@ -57,34 +58,45 @@ class ShardCounts:
     exact_duplicates: int = 0
 
 
-def read_and_shard(inputs: list[Path], shards: Path, tasks: int, rejected: Path) -> ShardCounts:
-    """Check every line of the inputs, drop exact duplicates (written to `rejected`) and
-    deal the rest into `tasks` shard files of datatrove documents."""
+def record_id(file_index: int, line_number: int) -> str:
+    """Documents carry only this back-reference: the records themselves are read from
+    the input once more when the outputs are written, which keeps every stage's files
+    small (carrying them would double what each stage reads and writes)."""
+    return f"{file_index}:{line_number}"
+
+
+def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) -> ShardCounts:
+    """Check every line of the inputs, set aside exact duplicates (their ids go to
+    `exact`) and deal the rest into `tasks` shard files of datatrove documents."""
     counts = ShardCounts()
     seen: set[bytes] = set()
     partial = shards.with_name(shards.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     outputs = [(partial / f"{i:05d}.jsonl").open("w", encoding="utf-8") for i in range(tasks)]
-    with rejected.open("w", encoding="utf-8") as duplicates:
-        for path in inputs:
-            for number, raw in numbered_lines(path):
-                record = parse_line(path, number, raw)
-                user, assistant = conversation_text(Conversation.model_validate(record))
-                text = f"{user}\n{assistant}"
-                key = exact_key(text)
-                if key in seen:
-                    counts.exact_duplicates += 1
-                    duplicates.write(json.dumps(rejected_record(record, [EXACT_DUPLICATE])) + "\n")
-                    continue
-                seen.add(key)
-                doc = {"text": text, "id": f"{path.name}:{number}", "metadata": {"record": record}}
-                outputs[counts.records % tasks].write(json.dumps(doc, ensure_ascii=False) + "\n")
-                counts.records += 1
+    duplicates = []
+    for file_index, path in enumerate(inputs):
+        for number, raw in numbered_lines(path):
+            user, assistant = conversation_text(parse_line(path, number, raw))
+            text = f"{user}\n{assistant}"
+            key = exact_key(text)
+            if key in seen:
+                counts.exact_duplicates += 1
+                duplicates.append(record_id(file_index, number))
+                continue
+            seen.add(key)
+            doc = {
+                "text": text,
+                "id": record_id(file_index, number),
+                "metadata": {"user_chars": len(user)},
+            }
+            outputs[counts.records % tasks].write(json.dumps(doc, ensure_ascii=False) + "\n")
+            counts.records += 1
     for handle in outputs:
         handle.close()
     if counts.records + counts.exact_duplicates == 0:
         raise TunerError(f"{', '.join(map(str, inputs))}: no records to filter (empty input).")
+    exact.write_text(json.dumps(duplicates))
     shutil.rmtree(shards, ignore_errors=True)
     partial.rename(shards)
     return counts
@@ -119,12 +131,6 @@ def parse_line(path: Path, number: int, raw: str) -> dict[str, Any]:
     return record
 
 
-def rejected_record(record: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
-    meta = dict(record.get("meta") or {})
-    meta["filter"] = {"rejected_by": reasons}
-    return {**record, "meta": meta}
-
-
 class RegexWordTokenizer(WordTokenizer):
     """Words as \\w+ runs: language-independent and fast. datatrove's default English
     tokenizers need NLTK or spaCy data downloaded at run time."""
@@ -151,9 +157,8 @@ class QualityFilter(BaseFilter):
         self.eval_ngrams = eval_ngrams
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        record = Conversation.model_validate(doc.metadata["record"])
-        user, assistant = conversation_text(record)
-        reasons, score = self.rules.reasons(user, assistant)
+        split = doc.metadata["user_chars"]
+        reasons, score = self.rules.reasons(doc.text[:split], doc.text[split + 1 :])
         if self.eval_ngrams is not None and self.eval_ngrams.overlaps(doc.text):
             reasons.append(CONTAMINATED)
         doc.metadata["quality"] = score

@@ -58,6 +58,7 @@ def removals_chart(stats: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rules = list(stats["removed_by_rule"])
     figure, axes = plt.subplots(figsize=(7, 0.5 * len(rules) + 1.8))
@@ -71,6 +72,7 @@ def removals_chart(stats: dict[str, Any], path: Path) -> None:
     axes.set_yticks(list(positions), rules)
     axes.invert_yaxis()
     axes.set_xlabel("records")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(
         f"Removed {stats['rejected']} of {stats['input_records']} records "
         f"(kept {stats['kept_fraction']:.0%})"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,17 @@ from tuner.errors import TunerError
 from tuner.filter import report
 from tuner.filter.decontamination import EvalNgrams
 from tuner.filter.pipeline import (
+    EXACT_DUPLICATE,
     NEAR_DUPLICATE,
     QualityFilter,
     RegexWordTokenizer,
+    numbered_lines,
     read_and_shard,
-    rejected_record,
+    record_id,
 )
 from tuner.filter.rules import FilterPreset, load_preset
 from tuner.options import parse_options, positive_int
+from tuner.records import write_records
 
 
 def paths(raw: str) -> list[Path]:
@@ -73,13 +77,12 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
     if options["against"] and preset.decontamination:
         eval_ngrams = EvalNgrams(options["against"], preset.decontamination.ngram)
 
-    with console.status("Reading and checking the input…"):
-        if not (work / "shards").is_dir():
-            counts = read_and_shard(inputs, work / "shards", tasks, work / "exact.jsonl")
-            (work / "shard-counts.json").write_text(json.dumps(counts.__dict__))
-        counts = json.loads((work / "shard-counts.json").read_text())
+    if not (work / "shards").is_dir():
+        with console.status("Reading and checking the input…"):
+            read_and_shard(inputs, work / "shards", tasks, work / "exact.json")
     run_stages(work, preset, eval_ngrams, tasks, options["workers"], console)
-    return write_outputs(out, work, preset, counts, options["tiers"], options, inputs)
+    with console.status("Writing kept and rejected records…"):
+        return write_outputs(out, work, preset, options["tiers"], options, inputs)
 
 
 def run_stages(
@@ -100,6 +103,7 @@ def run_stages(
     )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.text import TextNormConfig
 
     def writer(folder: str) -> JsonlWriter:
         return JsonlWriter(str(work / folder), output_filename="${rank}.jsonl", compression=None)
@@ -123,24 +127,46 @@ def run_stages(
         execute("rules", rules, tasks)
         return
     config = MinhashConfig(
-        n_grams=dedup.ngram, num_buckets=dedup.buckets, hashes_per_bucket=dedup.hashes_per_bucket
+        n_grams=dedup.ngram,
+        num_buckets=dedup.buckets,
+        hashes_per_bucket=dedup.hashes_per_bucket,
+        # Lower case and numbers as datatrove does; punctuation and whitespace are left to
+        # the \w+ tokenizer, and diacritics are kept: datatrove strips them character by
+        # character in Python, which doubles the cost of a signature.
+        norm_config=TextNormConfig(
+            remove_punctuation=False, norm_whitespace=False, norm_unicode_diacritics=False
+        ),
     )
     tokenizer = RegexWordTokenizer()
     execute(
         "rules",
-        [*rules, MinhashDedupSignature(str(work / "signatures"), config, language=tokenizer)],
+        [
+            *rules,
+            MinhashDedupSignature(
+                output_folder=str(work / "signatures"), config=config, language=tokenizer
+            ),
+        ],
         tasks,
     )
     execute(
         "minhash buckets",
-        [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config)],
+        [
+            MinhashDedupBuckets(
+                input_folder=str(work / "signatures"),
+                output_folder=str(work / "buckets"),
+                config=config,
+            )
+        ],
         dedup.buckets,
     )
     execute(
         "minhash clusters",
         [
             MinhashDedupCluster(
-                str(work / "buckets"), str(work / "clusters"), config, save_cluster_id=True
+                input_folder=str(work / "buckets"),
+                output_folder=str(work / "clusters"),
+                config=config,
+                save_cluster_id=True,
             )
         ],
         1,
@@ -160,48 +186,60 @@ def run_stages(
     )
 
 
-def documents(folder: Path) -> list[dict[str, Any]]:
-    docs = []
+def documents(folder: Path) -> Iterator[dict[str, Any]]:
     for path in sorted(folder.glob("*.jsonl")):
-        docs += [json.loads(line) for line in path.open(encoding="utf-8")]
-    return docs
+        with path.open(encoding="utf-8") as handle:
+            yield from map(json.loads, handle)
+
+
+def verdicts(work: Path, preset: FilterPreset) -> dict[str, dict[str, Any]]:
+    """What each stage decided, by record id: {"quality": …} for a kept record,
+    {"rejected_by": [...]} for a removed one, and the near-duplicate cluster if any."""
+    found: dict[str, dict[str, Any]] = {
+        key: {"rejected_by": [EXACT_DUPLICATE]}
+        for key in json.loads((work / "exact.json").read_text())
+    }
+    for doc in documents(work / "rejected-rules"):
+        found[doc["id"]] = {"rejected_by": doc["metadata"]["reasons"]}
+    for doc in documents(work / "rejected-near"):
+        found[doc["id"]] = {
+            "rejected_by": [NEAR_DUPLICATE],
+            "cluster": doc["metadata"]["minhash_cluster_id"],
+        }
+    for doc in documents(work / ("kept" if preset.near_duplicates else "passed")):
+        verdict = {"quality": doc["metadata"]["quality"]}
+        if doc["metadata"].get("minhash_cluster_id", -1) >= 0:
+            verdict["cluster"] = doc["metadata"]["minhash_cluster_id"]  # kept for its cluster
+        found[doc["id"]] = verdict
+    return found
 
 
 def write_outputs(
     out: Path,
     work: Path,
     preset: FilterPreset,
-    counts: dict[str, int],
     tiers: list[int],
     options: dict[str, Any],
     inputs: list[Path],
 ) -> dict[str, Any]:
-    from tuner.records import write_records
-
-    kept_folder = "kept" if preset.near_duplicates else "passed"
-    kept = []
-    for doc in documents(work / kept_folder):
-        record = doc["metadata"]["record"]
-        meta = dict(record.get("meta") or {})
-        meta["filter"] = {"quality": doc["metadata"]["quality"]}
-        if doc["metadata"].get("minhash_cluster_id", -1) >= 0:
-            meta["filter"]["cluster"] = doc["metadata"]["minhash_cluster_id"]  # kept for it
-        kept.append({**record, "meta": meta})
-    rejected = [json.loads(line) for line in (work / "exact.jsonl").open(encoding="utf-8")]
-    for doc in documents(work / "rejected-rules"):
-        rejected.append(rejected_record(doc["metadata"]["record"], doc["metadata"]["reasons"]))
-    for doc in documents(work / "rejected-near"):
-        record = rejected_record(doc["metadata"]["record"], [NEAR_DUPLICATE])
-        record["meta"]["filter"]["cluster"] = doc["metadata"].get("minhash_cluster_id")
-        rejected.append(record)
-
+    """The input records again, each with its verdict under meta.filter, into kept.jsonl
+    or rejected.jsonl; then the tiers, stats.json and the chart."""
+    decided = verdicts(work, preset)
+    kept, rejected = [], []
+    for file_index, path in enumerate(inputs):
+        for number, raw in numbered_lines(path):
+            record = json.loads(raw)
+            verdict = decided.pop(record_id(file_index, number))
+            record["meta"] = {**(record.get("meta") or {}), "filter": verdict}
+            (rejected if "rejected_by" in verdict else kept).append(record)
+    assert not decided, f"verdicts for records that are not in the input: {list(decided)[:3]}"
     write_records(out / "kept.jsonl", kept)
     write_records(out / "rejected.jsonl", rejected)
     tier_files = report.write_tiers(out, kept, tiers)
     stats = report.statistics(
         output=out,
         inputs=[str(p) for p in inputs],
-        total=counts["records"] + counts["exact_duplicates"],
+        total=len(kept) + len(rejected),
         kept=len(kept),
         rejected=rejected,
         preset=preset,

@@ -11,6 +11,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 WORD_PIECE = re.compile(r"Ġ[a-z]{3,12}")
@@ -36,11 +37,13 @@ class Planted:
 class SyntheticCorpus:
     def __init__(self, words: list[str], seed: int = 0) -> None:
         self.words = words
-        self.weights = [1 / (rank + 20) for rank in range(len(words))]
+        # Cumulative once: random.choices would otherwise sum 20,000 weights per call.
+        self.cumulative = list(accumulate(1 / (rank + 20) for rank in range(len(words))))
         self.rng = random.Random(seed)
 
     def sentence(self, low: int, high: int) -> list[str]:
-        return self.rng.choices(self.words, self.weights, k=self.rng.randint(low, high))
+        count = self.rng.randint(low, high)
+        return self.rng.choices(self.words, cum_weights=self.cumulative, k=count)
 
     def record(self) -> tuple[list[str], list[str]]:
         return self.sentence(6, 20), self.sentence(40, 120)

@@ -1,0 +1,230 @@
+"""The filter stage: each rule on crafted examples, then the whole datatrove pipeline
+(two workers) on records with planted exact and near duplicates, contamination and bad
+input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.filter.rules import QualityRules, load_preset, longest_run, repeated_ngram_ratio
+from tuner.filter.run import filter_records
+from tuner.filter.synthetic import SyntheticCorpus, english_words
+from tuner.models import ensure_embedded_model
+from tuner.records import write_records
+
+QUIET = Console(quiet=True)
+GOOD_QUESTION = "How do plants turn sunlight into the energy they need to grow?"
+GOOD_ANSWER = (
+    "Plants capture sunlight with chlorophyll in their leaves. During photosynthesis they "
+    "use that light energy to combine carbon dioxide from the air with water from the soil, "
+    "producing glucose and releasing oxygen. The glucose fuels growth and is stored as starch."
+)
+
+
+@pytest.fixture(scope="module")
+def rules() -> QualityRules:
+    return QualityRules(load_preset("default"))
+
+
+def test_helpers_match_hand_computations():
+    assert longest_run(["a", "b", "b", "b", "c", "c"]) == 3
+    assert longest_run([]) == 0
+    # 3-grams of "a b c a b c a": abc bca cab abc bca -> 5 grams, 3 distinct
+    assert repeated_ngram_ratio(["a", "b", "c", "a", "b", "c", "a"], 3) == pytest.approx(1 - 3 / 5)
+    assert repeated_ngram_ratio(["a", "b"], 3) == 0.0
+
+
+def test_a_good_conversation_passes_with_a_high_score(rules):
+    reasons, score = rules.reasons(GOOD_QUESTION, GOOD_ANSWER)
+    assert reasons == []
+    assert 0.7 < score <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("instruction", "response", "reason"),
+    [
+        ("Why?", GOOD_ANSWER, "instruction length"),
+        (GOOD_QUESTION, "Because of light.", "response length"),
+        (
+            GOOD_QUESTION,
+            GOOD_ANSWER + " It is very very very very important.",
+            "consecutive repetition",
+        ),
+        (GOOD_QUESTION, "Plants grow in the sun. " * 12, "n-gram repetition"),
+        (GOOD_QUESTION, "I\u2019m not able to explain biology, but " + GOOD_ANSWER, "refusal"),
+        (GOOD_QUESTION, "As an AI language model I cannot help. " + GOOD_ANSWER, "refusal"),
+        (
+            "Comment les plantes transforment-elles la lumière du soleil en énergie ?",
+            "Les plantes captent la lumière grâce à la chlorophylle de leurs feuilles et "
+            "fabriquent du glucose à partir du dioxyde de carbone et de l'eau.",
+            "language",
+        ),
+    ],
+)
+def test_each_rule_rejects_its_case_and_names_itself(rules, instruction, response, reason):
+    reasons, _ = rules.reasons(instruction, response)
+    assert reason in reasons
+
+
+def test_every_failed_rule_is_listed(rules):
+    reasons, _ = rules.reasons("Hi", "As an AI I cannot cannot cannot cannot help.")
+    assert {"instruction length", "response length", "consecutive repetition", "refusal"} <= set(
+        reasons
+    )
+
+
+def test_a_rule_set_to_null_is_off(tmp_path: Path):
+    preset = tmp_path / "lenient.yaml"
+    preset.write_text("response_words: {min: 1, max: 5}\n")
+    reasons, _ = QualityRules(load_preset(str(preset))).reasons("Why?", "As an AI I cannot.")
+    assert reasons == []
+
+
+def test_an_unknown_preset_lists_the_presets():
+    with pytest.raises(TunerError, match="Presets: default"):
+        load_preset("strictest")
+
+
+def conversation(question: str, answer: str, key: str) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+        "meta": {"id": key},
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, set[str]]]:
+    """40 distinct records, 3 near-copies (one word of ~80 changed), 2 exact copies, and
+    one record for each of three rules; returns the file and the expected verdicts."""
+    words = english_words(ensure_embedded_model() / "tokenizer.json")
+    generator = SyntheticCorpus(words, seed=3)
+    records = [record for record, _ in generator.generate(40, near_share=0, exact_share=0)]
+    expected: dict[str, set[str]] = {}
+    for i, source in enumerate(records[:3]):
+        answer = source["messages"][1]["content"].split()
+        answer[len(answer) // 2] = "zebra"
+        copy = conversation(source["messages"][0]["content"], " ".join(answer), f"near-{i}")
+        records.append(copy)
+        expected[f"near-{i}"] = {"near duplicate"}
+    for i, source in enumerate(records[3:5]):
+        records.append({**source, "meta": {"id": f"exact-{i}"}})
+        expected[f"exact-{i}"] = {"exact duplicate"}
+    records.append(conversation("Why?", GOOD_ANSWER, "short"))
+    expected["short"] = {"instruction length"}
+    records.append(conversation(GOOD_QUESTION, "I cannot answer that. " + GOOD_ANSWER, "refusal"))
+    expected["refusal"] = {"refusal"}
+    records.append(conversation(GOOD_QUESTION, GOOD_ANSWER, "contaminated"))
+    expected["contaminated"] = {"contamination"}
+    path = tmp_path_factory.mktemp("corpus") / "records.jsonl"
+    write_records(path, records)
+    return path, expected
+
+
+@pytest.fixture(scope="module")
+def filtered(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    path, _ = corpus
+    eval_set = tmp_path_factory.mktemp("eval") / "eval.jsonl"
+    # An evaluation item that quotes 13+ words of one record's answer.
+    eval_set.write_text(json.dumps({"question": GOOD_ANSWER[:120], "answer": "B"}) + "\n")
+    out = path.parent / "out"
+    stats = filter_records(
+        str(path), [f"out={out}", "workers=2", f"against={eval_set}", "tiers=5,10"], QUIET
+    )
+    return out, stats
+
+
+def by_id(path: Path) -> dict[str, dict]:
+    return {r["meta"]["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_the_pipeline_removes_what_it_should_and_keeps_the_rest(corpus, filtered):
+    _, expected = corpus
+    out, _ = filtered
+    kept, rejected = by_id(out / "kept.jsonl"), by_id(out / "rejected.jsonl")
+    for key, reasons in expected.items():
+        assert key in rejected, key
+        assert set(rejected[key]["meta"]["filter"]["rejected_by"]) == reasons, key
+    # Every distinct record is kept, including the sources of the near and exact copies.
+    assert {f"synthetic-{i:07d}" for i in range(40)} == set(kept)
+    assert all(0 <= r["meta"]["filter"]["quality"] <= 1 for r in kept.values())
+
+
+def test_near_duplicates_share_a_cluster_with_the_record_kept_for_them(filtered):
+    out, _ = filtered
+    kept, rejected = by_id(out / "kept.jsonl"), by_id(out / "rejected.jsonl")
+    for i in range(3):
+        cluster = rejected[f"near-{i}"]["meta"]["filter"]["cluster"]
+        source = kept[f"synthetic-{i:07d}"]
+        assert source["meta"]["filter"]["cluster"] == cluster
+
+
+def test_the_statistics_add_up(filtered):
+    out, stats = filtered
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    kept = (out / "kept.jsonl").read_text().splitlines()
+    assert stats["input_records"] == 48 == len(kept) + len(rejected)
+    assert stats["kept"] == len(kept) and stats["rejected"] == len(rejected)
+    counted = {}
+    for record in rejected:
+        for reason in record["meta"]["filter"]["rejected_by"]:
+            counted[reason] = counted.get(reason, 0) + 1
+    assert stats["removed_by_rule"] == counted
+    assert json.loads((out / "stats.json").read_text())["removed_by_rule"] == counted
+    assert (out / "removals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "work").exists()
+
+
+def test_tiers_hold_the_top_records_by_quality(filtered):
+    out, stats = filtered
+    top5 = [json.loads(line) for line in (out / "top-5.jsonl").read_text().splitlines()]
+    top10 = [json.loads(line) for line in (out / "top-10.jsonl").read_text().splitlines()]
+    assert len(top5) == 5 and len(top10) == 10
+    assert top10[:5] == top5
+    scores = [r["meta"]["filter"]["quality"] for r in top10]
+    assert scores == sorted(scores, reverse=True)
+    everything = [json.loads(x)["meta"]["filter"]["quality"] for x in (out / "kept.jsonl").open()]
+    assert scores[0] == max(everything)
+    assert set(stats["tiers"]) == {"5", "10"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"',
+            "bad.jsonl:2: not valid JSON",
+        ),
+        (
+            '{"text": "no messages here"}',
+            "bad.jsonl:2: not a conversation record (messages: Field required",
+        ),
+    ],
+)
+def test_malformed_input_names_the_line_and_loses_no_earlier_output(
+    filtered, tmp_path: Path, content: str, message: str
+):
+    out, _ = filtered
+    before = (out / "kept.jsonl").read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps(conversation(GOOD_QUESTION, GOOD_ANSWER, "ok")) + "\n" + content + "\n"
+    )
+    with pytest.raises(TunerError, match=re.escape(message)):
+        filter_records(str(bad), [f"out={out}"], QUIET)
+    assert (out / "kept.jsonl").read_bytes() == before
+
+
+def test_an_empty_input_is_an_error(tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TunerError, match=r"empty\.jsonl: no records to filter"):
+        filter_records(str(empty), [f"out={tmp_path / 'out'}"], QUIET)

@@ -1,0 +1,153 @@
+"""Magpie generation: templates against the real model's chat template, and generation
+with the real embedded model through vLLM's CPU build and through the transformers
+fallback, including a run killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.infer_env import infer_env, run_infer, tuner_command
+from tuner.errors import TunerError
+from tuner.generate.templates import families, family_for, persona, preset
+from tuner.models import ensure_embedded_model
+from tuner.project import ROOT
+from tuner.records import Conversation, read_records
+
+
+def test_every_family_has_a_template_that_opens_a_user_turn():
+    assert {"llama-3", "qwen2", "mistral", "gemma", "smollm2"} <= set(families())
+    for family in families().values():
+        prompt = family.instruction_prompt(persona("math"))
+        assert "{system}" not in prompt
+        if family.has_system_turn:
+            assert "math tutor" in prompt
+        assert family.stop
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", "qwen2"),
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3"),
+        ("mistralai/Mistral-Small-24B-Instruct-2501", "mistral"),
+        ("google/gemma-2-9b-it", "gemma"),
+        ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "smollm2"),
+    ],
+)
+def test_the_family_is_guessed_from_the_model_name(model, family):
+    assert family_for(model).name == family
+
+
+def test_an_unknown_model_asks_for_a_template_and_lists_them():
+    with pytest.raises(TunerError, match=r"template=FAMILY.*llama-3.*smollm2"):
+        family_for("acme/unknown-7b")
+
+
+def test_the_smollm2_template_is_the_models_own_chat_template_up_to_the_user_turn():
+    """The pre-query prompt must be exactly what the model saw in training before a
+    user's message, default system prompt included, or Magpie gets fragments."""
+    from transformers import AutoTokenizer
+
+    model = ensure_embedded_model()
+    family = family_for(str(model))
+    assert family.name == "smollm2"
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    system = family.system_prompt(persona("code"))
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": "MARK"}],
+        tokenize=False,
+    )
+    assert rendered.startswith(family.instruction_prompt(persona("code")) + "MARK")
+    assert rendered[len(family.instruction_prompt(persona("code")) + "MARK") :].startswith(
+        family.stop[0]
+    )
+    # With no system message the template inserts the family's default one.
+    bare = tokenizer.apply_chat_template([{"role": "user", "content": "MARK"}], tokenize=False)
+    assert bare.startswith(family.pre_query.replace("{system}", family.system))
+
+
+def test_options_name_the_accepted_keys():
+    done = run_infer("generate", "math", "count=3")
+    assert done.returncode == 2
+    assert "unknown option 'count'" in done.stderr and "n=" in done.stderr
+
+
+def test_an_unknown_task_lists_the_tasks():
+    done = run_infer("generate", "poetry")
+    assert done.returncode == 2
+    assert "Unknown task 'poetry'" in done.stderr and "math" in done.stderr
+
+
+@pytest.mark.slow
+def test_vllm_generation_killed_mid_run_resumes_to_exactly_n_unique_records(tmp_path: Path):
+    """SIGKILL once the first checkpoint is on disk, then run the same command again: the
+    output has exactly n records, none twice, and the first checkpoint is untouched."""
+    n = 12  # the cpu preset checkpoints every 8 records: one chunk before the kill
+    out = tmp_path / "instruction.jsonl"
+    args = ("generate", "instruction", f"n={n}", f"out={out}", "backend=vllm")
+    parts = out.with_suffix(".parts")
+    process = subprocess.Popen(
+        tuner_command(*args),
+        cwd=ROOT,
+        env=infer_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    while not (parts / "chunk-000000.jsonl").is_file():
+        assert process.poll() is None, "generation ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first_chunk = (parts / "chunk-000000.jsonl").read_bytes()
+    assert not out.exists()
+
+    done = run_infer(*args, data=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (parts / "chunk-000000.jsonl").read_bytes() == first_chunk
+    records = read_records(out, Conversation)
+    assert len(records) == n
+    assert len({r.meta["id"] for r in records}) == n
+    instructions = [r.messages[0].content for r in records]
+    assert len(set(instructions)) == n
+    assert all(text.strip() for text in instructions)
+    for record in records:
+        assert [m.role for m in record.messages] == ["user", "assistant"]
+        assert record.messages[1].content.strip()
+        assert record.meta["backend"] == "vllm"
+        assert record.meta["family"] == "smollm2"
+    assert out.read_bytes().startswith(first_chunk)
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert stats["records"] == n and stats["output_tokens"] > 0
+    # Every kept instruction ended on the end-of-turn token; most samples do, so few
+    # were replaced for running into max_tokens.
+    cut_off = stats["dropped_while_generating"].get("instruction cut off at max_tokens", 0)
+    assert cut_off < n
+
+
+@pytest.mark.slow
+def test_the_transformers_fallback_generates_well_formed_records(tmp_path: Path):
+    out = tmp_path / "code.jsonl"
+    done = run_infer("generate", "code", "n=3", f"out={out}", "backend=transformers", data=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = read_records(out, Conversation)
+    assert len(records) == 3
+    assert all(r.meta["backend"] == "transformers" for r in records)
+    assert all(r.messages[0].content.strip() and r.messages[1].content.strip() for r in records)
+    assert "coding assistant" in records[0].meta["system_prompt"]
+
+
+def test_presets_load_and_the_cpu_preset_checkpoints_often():
+    assert preset("default").instruction.temperature == 1.0
+    assert preset("cpu").checkpoint_every < preset("default").checkpoint_every
+    with pytest.raises(TunerError, match="Known: "):
+        preset("turbo")
