@@ -26,6 +26,12 @@ GOOD_ANSWER = (
     "producing glucose and releasing oxygen. The glucose fuels growth and is stored as starch."
 )
 
+OTHER_ANSWER = (
+    "Water moves up from the roots through narrow tubes called xylem, pulled by the "
+    "evaporation of water from tiny pores in the leaves, while sugars made in the leaves "
+    "travel down to the roots and fruit through the phloem."
+)
+
 
 @pytest.fixture(scope="module")
 def rules() -> QualityRules:
@@ -106,21 +112,40 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, se
     """40 distinct records, 3 near-copies (one word of ~80 changed), 2 exact copies, and
     one record for each of three rules; returns the file and the expected verdicts."""
     words = english_words(ensure_embedded_model() / "tokenizer.json")
-    generator = SyntheticCorpus(words, seed=3)
-    records = [record for record, _ in generator.generate(40, near_share=0, exact_share=0)]
+    rules = QualityRules(load_preset("default"))
+
+    def passes(record: dict) -> bool:
+        return not rules.reasons(*(m["content"] for m in record["messages"]))[0]
+
+    # Random words are English to fastText only most of the time: keep those that pass
+    # every rule, so that only the planted cases are removed.
+    generated = SyntheticCorpus(words, seed=3).generate(80, near_share=0, exact_share=0)
+    records = [record for record, _ in generated if passes(record)][:40]
+    assert len(records) == 40
+    for index, record in enumerate(records):
+        record["meta"]["id"] = f"distinct-{index}"
     expected: dict[str, set[str]] = {}
-    for i, source in enumerate(records[:3]):
+    near = []
+    for source in records:
         answer = source["messages"][1]["content"].split()
         answer[len(answer) // 2] = "zebra"
-        copy = conversation(source["messages"][0]["content"], " ".join(answer), f"near-{i}")
+        copy = conversation(
+            source["messages"][0]["content"], " ".join(answer), f"near-{len(near)}"
+        )
+        copy["meta"]["copy_of"] = source["meta"]["id"]
+        if passes(copy):
+            near.append((source, copy))
+        if len(near) == 3:
+            break
+    for source, copy in near:
         records.append(copy)
-        expected[f"near-{i}"] = {"near duplicate"}
+        expected[copy["meta"]["id"]] = {"near duplicate"}
     for i, source in enumerate(records[3:5]):
         records.append({**source, "meta": {"id": f"exact-{i}"}})
         expected[f"exact-{i}"] = {"exact duplicate"}
-    records.append(conversation("Why?", GOOD_ANSWER, "short"))
+    records.append(conversation("Why?", OTHER_ANSWER, "short"))
     expected["short"] = {"instruction length"}
-    records.append(conversation(GOOD_QUESTION, "I cannot answer that. " + GOOD_ANSWER, "refusal"))
+    records.append(conversation(GOOD_QUESTION, "I cannot answer that. " + OTHER_ANSWER, "refusal"))
     expected["refusal"] = {"refusal"}
     records.append(conversation(GOOD_QUESTION, GOOD_ANSWER, "contaminated"))
     expected["contaminated"] = {"contamination"}
@@ -154,7 +179,7 @@ def test_the_pipeline_removes_what_it_should_and_keeps_the_rest(corpus, filtered
         assert key in rejected, key
         assert set(rejected[key]["meta"]["filter"]["rejected_by"]) == reasons, key
     # Every distinct record is kept, including the sources of the near and exact copies.
-    assert {f"synthetic-{i:07d}" for i in range(40)} == set(kept)
+    assert {f"distinct-{i}" for i in range(40)} == set(kept)
     assert all(0 <= r["meta"]["filter"]["quality"] <= 1 for r in kept.values())
 
 
@@ -162,9 +187,10 @@ def test_near_duplicates_share_a_cluster_with_the_record_kept_for_them(filtered)
     out, _ = filtered
     kept, rejected = by_id(out / "kept.jsonl"), by_id(out / "rejected.jsonl")
     for i in range(3):
-        cluster = rejected[f"near-{i}"]["meta"]["filter"]["cluster"]
-        source = kept[f"synthetic-{i:07d}"]
-        assert source["meta"]["filter"]["cluster"] == cluster
+        copy = rejected[f"near-{i}"]["meta"]
+        source = kept[copy["copy_of"]]
+        assert source["meta"]["filter"]["cluster"] == copy["filter"]["cluster"]
+        assert copy["filter"]["jaccard"] >= 0.8
 
 
 def test_the_statistics_add_up(filtered):
@@ -228,3 +254,37 @@ def test_an_empty_input_is_an_error(tmp_path: Path):
     empty.write_text("")
     with pytest.raises(TunerError, match=r"empty\.jsonl: no records to filter"):
         filter_records(str(empty), [f"out={tmp_path / 'out'}"], QUIET)
+
+
+def test_lsh_candidates_under_the_threshold_are_put_back(tmp_path: Path):
+    """A preset whose LSH flags pairs far below 0.8 (20 bands of 2 hashes): a pair with
+    half its word 5-grams in common is a candidate, and the exact check keeps both."""
+    words = english_words(ensure_embedded_model() / "tokenizer.json")
+    generator = SyntheticCorpus(words, seed=5)
+    records = [record for record, _ in generator.generate(10, near_share=0, exact_share=0)]
+    answer = records[0]["messages"][1]["content"].split()
+    half = answer[: len(answer) // 2] + generator.sentence(len(answer) // 2, len(answer) // 2)
+    records.append(conversation(records[0]["messages"][0]["content"], " ".join(half), "half"))
+    source = tmp_path / "records.jsonl"
+    write_records(source, records)
+    preset = tmp_path / "loose.yaml"
+    default = load_preset("default").model_dump(exclude={"near_duplicates"})
+    preset.write_text(
+        json.dumps(
+            default
+            | {
+                "near_duplicates": {
+                    "jaccard": 0.8,
+                    "ngram": 5,
+                    "buckets": 20,
+                    "hashes_per_bucket": 2,
+                }
+            }
+        )
+    )
+    stats = filter_records(str(source), [f"out={tmp_path / 'out'}", f"preset={preset}"], QUIET)
+    kept = by_id(tmp_path / "out" / "kept.jsonl")
+    assert "near duplicate" not in stats["removed_by_rule"]
+    assert "synthetic-0000000" in kept
+    candidate = kept["half"]["meta"]["filter"]["lsh_candidate"]
+    assert 0.2 < candidate["jaccard"] < 0.8

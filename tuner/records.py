@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import TunerError
@@ -93,8 +94,8 @@ def write_records(path: Path, records: list[BaseModel] | list[dict[str, Any]]) -
     the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with partial.open("wb") as handle:
         for record in records:
             data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            handle.write(orjson.dumps(data) + b"\n")
     partial.replace(path)

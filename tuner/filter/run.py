@@ -6,15 +6,17 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+from datatrove.data import Document
 from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.filter import report
-from tuner.filter.decontamination import EvalNgrams
+from tuner.filter.decontamination import EvalNgrams, ngram_keys
 from tuner.filter.pipeline import (
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
@@ -24,7 +26,7 @@ from tuner.filter.pipeline import (
     read_and_shard,
     record_id,
 )
-from tuner.filter.rules import FilterPreset, load_preset
+from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
 from tuner.options import parse_options, positive_int
 from tuner.records import write_records
 
@@ -105,8 +107,17 @@ def run_stages(
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.text import TextNormConfig
 
-    def writer(folder: str) -> JsonlWriter:
-        return JsonlWriter(str(work / folder), output_filename="${rank}.jsonl", compression=None)
+    def writer(folder: str, text: Callable[[Document], bool] = lambda doc: True) -> JsonlWriter:
+        """A JSONL writer keeping each document's text only where `text(doc)` says a
+        later step reads it: the records themselves are read from the input at the end."""
+
+        def adapter(_, doc: Document) -> dict[str, Any]:
+            kept_text = doc.text if text(doc) else ""
+            return {"id": doc.id, "text": kept_text, "metadata": doc.metadata}
+
+        return JsonlWriter(
+            str(work / folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter
+        )
 
     def execute(name: str, pipeline: list, n_tasks: int) -> None:
         console.print(f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s))")
@@ -119,7 +130,9 @@ def run_stages(
 
     rules = [
         JsonlReader(str(work / "shards"), compression=None),
-        QualityFilter(preset, eval_ngrams, exclusion_writer=writer("rejected-rules")),
+        QualityFilter(
+            preset, eval_ngrams, exclusion_writer=writer("rejected-rules", lambda doc: False)
+        ),
         writer("passed"),
     ]
     dedup = preset.near_duplicates
@@ -180,7 +193,8 @@ def run_stages(
                 exclusion_writer=writer("rejected-near"),
                 load_cluster_ids=True,
             ),
-            writer("kept"),
+            # The record kept for a cluster: its text verifies the cluster's removals.
+            writer("kept", lambda doc: doc.metadata.get("minhash_cluster_id", -1) >= 0),
         ],
         tasks,
     )
@@ -189,7 +203,43 @@ def run_stages(
 def documents(folder: Path) -> Iterator[dict[str, Any]]:
     for path in sorted(folder.glob("*.jsonl")):
         with path.open(encoding="utf-8") as handle:
-            yield from map(json.loads, handle)
+            yield from map(orjson.loads, handle)
+
+
+def verify_near_duplicates(work: Path, dedup: NearDuplicates) -> dict[str, dict[str, Any]]:
+    """LSH finds candidates: pairs whose MinHash agrees on a whole band, which happens
+    to pairs somewhat below the threshold too (its S-curve is not a step). Each record
+    removed as a near-duplicate is checked against the record kept for its cluster
+    with the exact Jaccard similarity of their word n-grams, and put back when it falls
+    under the threshold. Returns the verdicts of the removed records."""
+    clustered = {}
+    for doc in documents(work / "rejected-near"):
+        clustered.setdefault(doc["metadata"]["minhash_cluster_id"], []).append(doc)
+    kept_for: dict[int, set[str]] = {}
+    for doc in documents(work / "kept"):
+        cluster = doc["metadata"].get("minhash_cluster_id", -1)
+        if cluster in clustered:
+            kept_for[cluster] = ngram_keys(doc["text"], dedup.ngram)
+    found = {}
+    for cluster, docs in clustered.items():
+        for doc in docs:
+            similarity = jaccard(ngram_keys(doc["text"], dedup.ngram), kept_for[cluster])
+            if similarity >= dedup.jaccard:
+                found[doc["id"]] = {
+                    "rejected_by": [NEAR_DUPLICATE],
+                    "cluster": cluster,
+                    "jaccard": round(similarity, 3),
+                }
+            else:
+                found[doc["id"]] = {
+                    "quality": doc["metadata"]["quality"],
+                    "lsh_candidate": {"cluster": cluster, "jaccard": round(similarity, 3)},
+                }
+    return found
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
 
 
 def verdicts(work: Path, preset: FilterPreset) -> dict[str, dict[str, Any]]:
@@ -201,11 +251,8 @@ def verdicts(work: Path, preset: FilterPreset) -> dict[str, dict[str, Any]]:
     }
     for doc in documents(work / "rejected-rules"):
         found[doc["id"]] = {"rejected_by": doc["metadata"]["reasons"]}
-    for doc in documents(work / "rejected-near"):
-        found[doc["id"]] = {
-            "rejected_by": [NEAR_DUPLICATE],
-            "cluster": doc["metadata"]["minhash_cluster_id"],
-        }
+    if preset.near_duplicates:
+        found |= verify_near_duplicates(work, preset.near_duplicates)
     for doc in documents(work / ("kept" if preset.near_duplicates else "passed")):
         verdict = {"quality": doc["metadata"]["quality"]}
         if doc["metadata"].get("minhash_cluster_id", -1) >= 0:
@@ -228,7 +275,7 @@ def write_outputs(
     kept, rejected = [], []
     for file_index, path in enumerate(inputs):
         for number, raw in numbered_lines(path):
-            record = json.loads(raw)
+            record = orjson.loads(raw)
             verdict = decided.pop(record_id(file_index, number))
             record["meta"] = {**(record.get("meta") or {}), "filter": verdict}
             (rejected if "rejected_by" in verdict else kept).append(record)

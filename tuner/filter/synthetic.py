@@ -60,14 +60,18 @@ class SyntheticCorpus:
     ) -> Iterator[tuple[dict, Planted | None]]:
         """n records; a `near_share` of them are edited copies of an earlier record (0.5 %
         to 4 % of words replaced: Jaccard of word 5-grams from about 0.8 to 0.97, a few
-        lower), an `exact_share` unchanged copies."""
+        lower), an `exact_share` unchanged copies. Copies are not copied again."""
         # Copies are made of recent records: memory stays flat for a million records.
         recent: deque[tuple[int, list[str], list[str]]] = deque(maxlen=5000)
         for index in range(n):
             roll = self.rng.random()
             planted = None
             if recent and roll < near_share + exact_share:
-                source, instruction, response = recent[self.rng.randrange(len(recent))]
+                # Each record is copied at most once: two edited copies of one record
+                # are near-duplicates of it but not always of each other.
+                pick = self.rng.randrange(len(recent))
+                source, instruction, response = recent[pick]
+                del recent[pick]
                 exact = roll < exact_share
                 if not exact:
                     rate = self.rng.uniform(0.005, 0.04)
@@ -75,7 +79,8 @@ class SyntheticCorpus:
                 planted = Planted(index, source, exact)
             else:
                 instruction, response = self.record()
-            recent.append((index, instruction, response))
+            if planted is None:
+                recent.append((index, instruction, response))
             record = {
                 "messages": [
                     {"role": "user", "content": " ".join(instruction).capitalize() + "?"},

@@ -135,7 +135,9 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: str, seed: int, batch_size: int = 8) -> None:
+    def __init__(
+        self, model: str, seed: int, batch_size: int = 8, dtype: str | None = None
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +147,7 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            model, dtype=torch.bfloat16 if cpu_only() else "auto"
+            model, dtype=getattr(torch, dtype) if dtype else "auto"
         )
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
