@@ -129,15 +129,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, se
     for source in records:
         answer = source["messages"][1]["content"].split()
         answer[len(answer) // 2] = "zebra"
-        copy = conversation(
-            source["messages"][0]["content"], " ".join(answer), f"near-{len(near)}"
-        )
+        copy = conversation(source["messages"][0]["content"], " ".join(answer), f"near-{len(near)}")
         copy["meta"]["copy_of"] = source["meta"]["id"]
         if passes(copy):
             near.append((source, copy))
         if len(near) == 3:
             break
-    for source, copy in near:
+    for _, copy in near:
         records.append(copy)
         expected[copy["meta"]["id"]] = {"near duplicate"}
     for i, source in enumerate(records[3:5]):

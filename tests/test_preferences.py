@@ -5,7 +5,9 @@ the dpo recipe, runs in test_end_to_end."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from tests.infer_env import run_infer
 from tuner.preferences import make_pairs, parse_score, prompt_of
 from tuner.records import Conversation
 
@@ -49,3 +51,28 @@ def test_judge_answers_are_read_from_json_or_a_number():
     assert parse_score('{"score": 7}') == 7
     assert parse_score('{"score": 7') == 7  # cut off at max_tokens
     assert math.isnan(parse_score("no idea"))
+
+
+def test_a_reward_model_scores_each_response_of_each_prompt():
+    """The reward-model path with a real sequence-classification model: the embedded
+    model with a fresh (untrained) score head, as no reward model is available offline.
+    Its scores mean nothing; their shape and that they are numbers is what is checked."""
+    from tuner.preferences import RewardModelScorer
+
+    scorer = RewardModelScorer("embedded")
+    prompts = [prompt_of(record("What is 2 + 2?")), prompt_of(record("Name a colour."))]
+    scores = scorer.score(prompts, [["4", "5", "four"], ["red", "blue"]])
+    assert [len(row) for row in scores] == [3, 2]
+    assert all(math.isfinite(s) for row in scores for s in row)
+    assert scorer.name == "rm:embedded"
+
+
+def test_malformed_input_names_the_file_and_line(tmp_path: Path):
+    """A prompt without an answer is fine (line 1); broken JSON is not (line 2)."""
+    source = tmp_path / "conversations.jsonl"
+    source.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": \n')
+    done = run_infer("prefs", str(source), f"out={tmp_path / 'prefs'}")
+    assert done.returncode == 2
+    assert "conversations.jsonl:2: not valid JSON" in done.stderr
+    done = run_infer("prefs", str(source), "scorer=votes")
+    assert done.returncode == 2 and "scorer=votes: use 'judge' or 'rm:MODEL'" in done.stderr

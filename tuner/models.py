@@ -21,6 +21,16 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 END_OF_TURN = "<|im_end|>"
 
 
+# What data stages accept as model= for the embedded default.
+EMBEDDED = "embedded"
+
+
+def resolve_model(model: str) -> str:
+    """A model argument as the loaders take it: `embedded` becomes the converted folder;
+    hub ids and paths pass through."""
+    return str(ensure_embedded_model()) if model == EMBEDDED else model
+
+
 def embedded_model_dir() -> Path:
     return cache_dir() / "models" / EMBEDDED_NAME
 

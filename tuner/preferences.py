@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,10 +29,10 @@ from tuner.errors import TunerError
 from tuner.generate.backends import Backend, open_backend
 from tuner.generate.templates import GENERATE_DIR, Sampling
 from tuner.manifest import sha256_file
+from tuner.models import EMBEDDED, resolve_model
 from tuner.options import parse_options, positive_int
-from tuner.records import Conversation, PreferencePair, read_records, write_records
+from tuner.records import PreferencePair, Prompts, read_records, write_records
 
-EMBEDDED = "embedded"
 Prompt = list[dict[str, str]]
 
 
@@ -60,19 +61,11 @@ def load_judge_settings() -> dict[str, Any]:
     return settings
 
 
-def prompt_of(record: Conversation) -> Prompt:
+def prompt_of(record: Prompts) -> Prompt:
     """The turns up to and including the last user message."""
     messages = [m.model_dump(include={"role", "content"}) for m in record.messages]
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     return messages[: last_user + 1]
-
-
-def resolve(model: str) -> str:
-    if model == EMBEDDED:
-        from tuner.models import ensure_embedded_model
-
-        return str(ensure_embedded_model())
-    return model
 
 
 class ModelSlot:
@@ -89,7 +82,7 @@ class ModelSlot:
         if self.backend is not None and self.model == model and kind in ("auto", self.backend.name):
             return self.backend
         self.release()
-        self.backend = open_backend(kind, resolve(model), self.seed)
+        self.backend = open_backend(kind, resolve_model(model), self.seed)
         self.model = model
         return self.backend
 
@@ -180,10 +173,10 @@ class RewardModelScorer:
 
         self.name = f"rm:{model}"
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve(model))
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve(model), num_labels=1, dtype=torch.bfloat16 if device == "cuda" else None
+            resolve_model(model), num_labels=1, dtype=torch.bfloat16 if device == "cuda" else None
         ).to(device)
         self.model.eval()
 
@@ -205,7 +198,7 @@ class RewardModelScorer:
 
 
 def make_pairs(
-    records: list[Conversation],
+    records: list[Prompts],
     prompts: list[Prompt],
     candidates: list[list[dict[str, str]]],
     scores: list[list[float]],
@@ -214,7 +207,9 @@ def make_pairs(
 ) -> tuple[list[PreferencePair], list[dict[str, Any]]]:
     pairs, dropped = [], []
     for record, prompt, options, marks in zip(records, prompts, candidates, scores, strict=True):
-        valid = [(s, o) for s, o in zip(marks, options, strict=True) if s == s and o["text"]]
+        valid = [
+            (s, o) for s, o in zip(marks, options, strict=True) if not math.isnan(s) and o["text"]
+        ]
         meta = {
             **record.meta,
             "scorer": scorer,
@@ -284,8 +279,11 @@ def reuse_or_clear(settings_path: Path, files: list[Path], settings: dict[str, A
 
 def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
     options = parse_options(option_pairs, OPTIONS, "prefs")
+    scorer_name = options["scorer"]
+    if scorer_name != "judge" and not scorer_name.startswith("rm:"):
+        raise TunerError(f"scorer={scorer_name}: use 'judge' or 'rm:MODEL'.")
     source = Path(input_arg)
-    records = read_records(source, Conversation)
+    records = read_records(source, Prompts)
     out: Path = options["out"] or source.with_name(source.stem + ".prefs")
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -328,20 +326,21 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
             row += [{"model": model, "text": t} for t in json.loads(line)["responses"]]
 
     scores_path = work / "scores.jsonl"
-    scorer_name = options["scorer"]
     if not scores_path.is_file():
         texts = [[c["text"] for c in row] for row in candidates]
         if scorer_name == "judge":
             scorer = JudgeScorer(slot, options["judge"], settings)
-        elif scorer_name.startswith("rm:"):
+        else:
             slot.release()
             scorer = RewardModelScorer(scorer_name.removeprefix("rm:"))
-        else:
-            raise TunerError(f"scorer={scorer_name}: use 'judge' or 'rm:MODEL'.")
         with console.status(f"Scoring {sum(map(len, texts))} responses with {scorer.name}…"):
             scored = scorer.score(prompts, texts)
         write_records(scores_path, [{"scores": row} for row in scored])
-    scores = [json.loads(line)["scores"] for line in scores_path.read_text().splitlines()]
+    # A score that could not be read is NaN, which JSON stores as null.
+    scores = [
+        [math.nan if s is None else s for s in json.loads(line)["scores"]]
+        for line in scores_path.read_text().splitlines()
+    ]
 
     scorer_label = scorer_name if scorer_name != "judge" else f"judge:{options['judge']}"
     pairs, dropped = make_pairs(
@@ -349,8 +348,9 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
     )
     write_records(out / "pairs.jsonl", pairs)
     write_records(out / "dropped.jsonl", dropped)
-    all_scores = [s for row in scores for s in row if s == s]
-    margins = [max(row) - min(row) for row in scores if len(row) > 1]
+    valid = [[s for s in row if not math.isnan(s)] for row in scores]
+    all_scores = [s for row in valid for s in row]
+    margins = [max(row) - min(row) for row in valid if len(row) > 1]
     histograms(all_scores, margins, options["min_margin"], out / "scores.png")
     stats = {
         "output": str(out),

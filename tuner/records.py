@@ -32,6 +32,14 @@ class Conversation(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class Prompts(BaseModel):
+    """What the preference stage reads: conversations, or prompts not answered yet (the
+    turns up to the last user message are used either way)."""
+
+    messages: list[Message] = Field(min_length=1)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
 class PreferencePair(BaseModel):
     messages: list[Message] = Field(min_length=1)
     chosen: Message

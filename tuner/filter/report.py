@@ -14,8 +14,7 @@ from tuner.records import write_records
 def statistics(
     output: Path,
     inputs: list[str],
-    total: int,
-    kept: int,
+    kept_records: list[dict[str, Any]],
     rejected: list[dict[str, Any]],
     preset: FilterPreset,
     options: dict[str, Any],
@@ -24,17 +23,21 @@ def statistics(
     """`removed_by_rule` counts every record a rule failed (a record may fail several);
     `removed_only_by_rule` counts those that rule alone removed. kept + rejected = input."""
     reasons = [r["meta"]["filter"]["rejected_by"] for r in rejected]
+    put_back = sum(1 for r in kept_records if "lsh_candidate" in r["meta"]["filter"])
     by_rule = Counter(reason for record in reasons for reason in record)
     only_by = Counter(record[0] for record in reasons if len(record) == 1)
     return {
         "output": str(output),
         "inputs": inputs,
-        "input_records": total,
-        "kept": kept,
+        "input_records": len(kept_records) + len(rejected),
+        "kept": len(kept_records),
         "rejected": len(rejected),
-        "kept_fraction": round(kept / total, 4) if total else 0.0,
+        "kept_fraction": round(len(kept_records) / (len(kept_records) + len(rejected)), 4),
         "removed_by_rule": dict(by_rule.most_common()),
         "removed_only_by_rule": dict(only_by.most_common()),
+        # LSH candidates whose exact Jaccard with the record kept for their cluster fell
+        # under the threshold: kept, and counted here to show what verification saved.
+        "near_duplicate_candidates_put_back": put_back,
         "tiers": tiers,
         "preset": preset.model_dump(),
         "options": options,

@@ -286,8 +286,7 @@ def write_outputs(
     stats = report.statistics(
         output=out,
         inputs=[str(p) for p in inputs],
-        total=len(kept) + len(rejected),
-        kept=len(kept),
+        kept_records=kept,
         rejected=rejected,
         preset=preset,
         options={k: str(v) if isinstance(v, Path) else v for k, v in options.items()},

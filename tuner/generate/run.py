@@ -10,11 +10,10 @@ from rich.console import Console
 
 from tuner.generate import magpie, templates
 from tuner.generate.backends import BACKENDS, open_backend
+from tuner.models import EMBEDDED, resolve_model
 from tuner.options import parse_options, positive_int
 from tuner.project import data_dir
 from tuner.recipes import task_names
-
-EMBEDDED = "embedded"
 
 OPTIONS = {
     "n": (positive_int, 100),
@@ -29,14 +28,6 @@ OPTIONS = {
     "worker": (int, 0),
     "workers": (positive_int, 1),
 }
-
-
-def resolve_model(model: str) -> str:
-    if model == EMBEDDED:
-        from tuner.models import ensure_embedded_model
-
-        return str(ensure_embedded_model())
-    return model
 
 
 def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
@@ -80,7 +71,9 @@ def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, 
     owned = [c for c in plan.chunks() if sharding.owns(c)]
     todo = [c for c in owned if not plan.done(c)]
     if todo:
-        backend = open_backend(options["backend"], model, job.seed, options["tp"])
+        backend = open_backend(
+            options["backend"], model, job.seed, options["tp"], compile=preset.compile
+        )
         generator = magpie.MagpieGenerator(job, family, preset, backend)
         magpie.write_chunks(generator, plan, todo, sum(plan.records_in(c) for c in owned), console)
     missing = [c for c in plan.chunks() if not plan.done(c)]

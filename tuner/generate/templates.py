@@ -65,6 +65,7 @@ class Preset(BaseModel):
     turns: int = 1
     checkpoint_every: int = 100
     keep_truncated: bool = False
+    compile: bool = True
 
 
 def _load(name: str) -> dict[str, Any]:
