@@ -26,7 +26,7 @@ import yaml
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.generate.backends import Backend, open_backend
+from tuner.generate.backends import Backend, Completion, open_backend
 from tuner.generate.templates import GENERATE_DIR, Sampling
 from tuner.manifest import sha256_file
 from tuner.models import EMBEDDED, resolve_model
@@ -45,7 +45,7 @@ OPTIONS = {
     "samples": (positive_int, None),
     "scorer": (str, "judge"),
     "judge": (str, EMBEDDED),
-    "min_margin": (float, 1.0),
+    "min_margin": (float, 0.5),
     "max_tokens": (positive_int, None),
     "seed": (int, 42),
     "out": (Path, None),
@@ -145,13 +145,31 @@ class JudgeScorer:
             seeds=[0] * len(requests),
             stop=[],
             schema=self.settings["schema"],
+            logprobs=20,
         )
-        scores = [parse_score(c.text) for c in completions]
+        scale = self.settings["schema"]["properties"]["score"]["maximum"]
+        scores = [expected_score(c, scale) for c in completions]
         grouped, start = [], 0
         for size in shape:
             grouped.append(scores[start : start + size])
             start += size
         return grouped
+
+
+def expected_score(completion: Completion, scale: int) -> float:
+    """The judge's score weighted by its probabilities (as G-Eval does): at the score's
+    position, the mean of the digits 1..scale weighted by their probabilities. A judge
+    that would answer 4 either way but is surer of one response still ranks the two,
+    where the integers alone tie."""
+    for position in completion.top_logprobs or []:
+        digits = {
+            int(token.strip()): math.exp(logprob)
+            for token, logprob in position.items()
+            if token.strip().isdigit() and 1 <= int(token.strip()) <= scale
+        }
+        if digits:
+            return sum(d * p for d, p in digits.items()) / sum(digits.values())
+    return parse_score(completion.text)
 
 
 def parse_score(text: str) -> float:
@@ -364,7 +382,12 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
         "mean_margin_kept": round(sum(p.meta["margin"] for p in pairs) / len(pairs), 3)
         if pairs
         else None,
-        "score_counts": dict(sorted(Counter(all_scores).items())),
+        "scores": {
+            "count": len(all_scores),
+            "min": round(min(all_scores), 3) if all_scores else None,
+            "mean": round(sum(all_scores) / len(all_scores), 3) if all_scores else None,
+            "max": round(max(all_scores), 3) if all_scores else None,
+        },
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats

@@ -27,6 +27,9 @@ class Completion:
     finished: bool
     """True when generation ended on a stop string or the end-of-sequence token,
     False when it ran into max_tokens."""
+    top_logprobs: list[dict[str, float]] | None = None
+    """With `logprobs=k`: per generated position, the k likeliest tokens (as text) and
+    their log-probabilities under the model (before sampling constraints)."""
 
 
 class Backend(Protocol):
@@ -39,8 +42,10 @@ class Backend(Protocol):
         seeds: list[int],
         stop: list[str],
         schema: dict[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
-        """One completion per prompt; with `schema`, each is JSON matching it."""
+        """One completion per prompt; with `schema`, each is JSON matching it; with
+        `logprobs`, each carries its positions' top tokens."""
         ...
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -110,6 +115,7 @@ class VllmBackend(ChatTemplate):
         seeds: list[int],
         stop: list[str],
         schema: dict[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -125,6 +131,7 @@ class VllmBackend(ChatTemplate):
                 stop=stop,
                 seed=seed,
                 structured_outputs=structured,
+                logprobs=logprobs,
             )
             for seed in seeds
         ]
@@ -134,6 +141,12 @@ class VllmBackend(ChatTemplate):
                 text=out.outputs[0].text,
                 tokens=len(out.outputs[0].token_ids),
                 finished=out.outputs[0].finish_reason == "stop",
+                top_logprobs=[
+                    {entry.decoded_token or "": entry.logprob for entry in position.values()}
+                    for position in out.outputs[0].logprobs
+                ]
+                if logprobs
+                else None,
             )
             for out in outputs
         ]
@@ -167,10 +180,12 @@ class TransformersBackend(ChatTemplate):
         seeds: list[int],
         stop: list[str],
         schema: dict[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
-        if schema:
+        if schema or logprobs:
             raise TunerError(
-                "Structured output (the judge's JSON) needs vLLM; run in the inference "
+                "Structured output and log-probabilities (the judge) need vLLM; run in the "
+                "inference "
                 "environment (`just prefs`), or score with a reward model (scorer=rm:MODEL)."
             )
         completions: list[Completion] = []
