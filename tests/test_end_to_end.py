@@ -1,8 +1,8 @@
 """End to end on CPU with the real Axolotl and the real embedded model, in a fresh copy
 of this working tree, the way a new user meets the project: `just demo` first (set-up,
-model conversion, training the instruction recipe, the comparison), then DPO on top of
-it, preference pairs made by the embedded model (answering and judging through vLLM)
-training the dpo recipe, then an interrupted run that resumes.
+model conversion, training the instruction recipe, the comparison), then preference
+pairs made by the embedded model (answering and judging through vLLM) training the dpo
+recipe on top of the merged instruction run, then an interrupted run that resumes.
 
 The copy shares this checkout's training environment (its `.venvs/` is a link): the
 install steps of `just setup` are what CI's own `just test` runs first on its clean
@@ -181,22 +181,6 @@ def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
     assert tuned_loss < 0.7 * base_loss, (base_loss, tuned_loss)
 
 
-def test_dpo_trains_on_top_of_the_merged_sft_model(demo):
-    clone, _ = demo
-    done = clone.tuner("train", "dpo", "cpu")
-    assert done.returncode == 0, done.stderr[-5000:]
-    merged = clone.runs / "instruction-cpu" / "merged"
-    assert (merged / "config.json").is_file()
-    manifest = json.loads((clone.runs / "dpo-cpu" / "manifest.json").read_text())
-    assert manifest["base_model"] == "./runs/instruction-cpu/merged"
-    assert (clone.runs / "dpo-cpu" / "adapter_model.safetensors").is_file()
-    margins = [r["rewards/margins"] for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
-    assert len(margins) == 20
-    # Policy and reference start equal; training on the pairs pulls chosen above rejected.
-    assert abs(margins[0]) < 1e-3
-    assert sum(margins[-5:]) / 5 > 0.1
-
-
 MARGIN = "min_margin=0.05"
 
 
@@ -211,7 +195,9 @@ def prefs(demo) -> tuple[Path, subprocess.CompletedProcess]:
     conversations = clone.root / "data" / "conversations.jsonl"
     write_records(conversations, source)
     out = clone.root / "data" / "prefs"
-    done = clone.infer("prefs", str(conversations), "samples=3", MARGIN, f"out={out}")
+    done = clone.infer(
+        "prefs", str(conversations), "samples=3", "max_tokens=64", MARGIN, f"out={out}"
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out, done
 
@@ -248,7 +234,9 @@ def test_prefs_re_pairs_with_another_margin_without_sampling_or_judging_again(de
     )
     stages = [out / "work" / "candidates-0.jsonl", out / "work" / "scores.jsonl"]
     written = [path.stat().st_mtime_ns for path in stages]
-    again = clone.infer("prefs", str(conversations), "samples=3", "min_margin=0", f"out={out}")
+    again = clone.infer(
+        "prefs", str(conversations), "samples=3", "max_tokens=64", "min_margin=0", f"out={out}"
+    )
     assert again.returncode == 0, again.stderr[-4000:]
     assert [path.stat().st_mtime_ns for path in stages] == written
     assert json.loads((out / "stats.json").read_text())["pairs"] == not_tied
@@ -258,27 +246,35 @@ def test_prefs_re_pairs_with_another_margin_without_sampling_or_judging_again(de
     )
 
 
-def test_generated_preference_pairs_train_with_the_dpo_recipe(demo, prefs):
+def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, prefs):
+    """The pairs `prefs` made train the dpo recipe, starting from the instruction run's
+    adapter merged into its base."""
     clone, _ = demo
     out, _ = prefs
     pairs = out / "pairs.jsonl"
-    done = clone.tuner("train", "dpo", "cpu", f"data={pairs}", "max_steps=2", "--fresh")
+    done = clone.tuner("train", "dpo", "cpu", f"data={pairs}", "max_steps=12")
     assert done.returncode == 0, done.stderr[-5000:]
+    merged = clone.runs / "instruction-cpu" / "merged"
+    assert (merged / "config.json").is_file()
     manifest = json.loads((clone.runs / "dpo-cpu" / "manifest.json").read_text())
+    assert manifest["base_model"] == "./runs/instruction-cpu/merged"
     [dataset] = manifest["datasets"]
     assert dataset["path"] == "./data/prefs/pairs.jsonl"
     assert dataset["sha256"] == sha256_file(pairs)
     assert (clone.runs / "dpo-cpu" / "adapter_model.safetensors").is_file()
-    margins = [r for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
-    assert len(margins) == 2
+    margins = [r["rewards/margins"] for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
+    assert len(margins) == 12
+    # Policy and reference start equal; training on the pairs pulls chosen above rejected.
+    assert abs(margins[0]) < 1e-3
+    assert sum(margins[-3:]) / 3 > 0.1
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(demo):
     """SIGKILL the whole training process group once a checkpoint is complete, then run
     the same command again: it resumes there and finishes the planned steps."""
     clone, _ = demo
-    args = ["train", "summarization", "cpu", "max_steps=4", "save_steps=2"]
-    run = clone.runs / "summarization-cpu"
+    args = ["train", "math", "cpu", "max_steps=4", "save_steps=2"]
+    run = clone.runs / "math-cpu"
     process = subprocess.Popen(
         [str(clone.python), "-m", "tuner", *args],
         cwd=clone.root,

@@ -136,6 +136,7 @@ def test_vllm_generation_killed_mid_run_resumes_to_exactly_n_unique_records(tmp_
 
 @pytest.mark.slow
 def test_the_transformers_fallback_generates_well_formed_records(tmp_path: Path):
+    """One record: transformers is the slow path (the vLLM test above checks counts)."""
     out = tmp_path / "code.jsonl"
     done = run_infer("generate", "code", "n=3", f"out={out}", "backend=transformers", data=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -215,15 +215,21 @@ class TransformersBackend(ChatTemplate):
                 tokenizer=self.tokenizer,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
+        # A finished row ends on end-of-sequence, then padding (often the same token);
+        # a row cut at max_new_tokens has neither.
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         completions = []
-        for row in output[:, inputs["input_ids"].shape[1] :]:
-            ids = [int(t) for t in row if int(t) != self.tokenizer.pad_token_id]
+        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+            end = next((i for i, token in enumerate(row) if token in ends), None)
+            ids = row if end is None else row[:end]
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
             ended = next((s for s in stop if s in text), None)
             if ended:
                 text = text[: text.index(ended)]
-            eos = self.tokenizer.eos_token_id in ids
-            completions.append(Completion(text=text, tokens=len(ids), finished=bool(ended) or eos))
+            finished = end is not None or ended is not None
+            completions.append(
+                Completion(text=text, tokens=len(ids) + (end is not None), finished=finished)
+            )
         return completions
 
 
