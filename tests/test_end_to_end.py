@@ -191,9 +191,10 @@ def prefs(demo) -> tuple[Path, subprocess.CompletedProcess]:
     judge barely tells responses apart (its expected scores differ by tenths), so the
     margin asked for is small."""
     clone, _ = demo
-    source = read_records(ROOT / "recipes" / "data" / "chat.jsonl", Conversation)[:8]
+    # Prompts not answered yet: the first user turn of eight local chat conversations.
+    chats = read_records(ROOT / "recipes" / "data" / "chat.jsonl", Conversation)[:8]
     conversations = clone.root / "data" / "conversations.jsonl"
-    write_records(conversations, source)
+    write_records(conversations, [{"messages": [c.messages[0].model_dump()]} for c in chats])
     out = clone.root / "data" / "prefs"
     done = clone.infer(
         "prefs", str(conversations), "samples=3", "max_tokens=64", MARGIN, f"out={out}"
@@ -252,7 +253,7 @@ def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, 
     clone, _ = demo
     out, _ = prefs
     pairs = out / "pairs.jsonl"
-    done = clone.tuner("train", "dpo", "cpu", f"data={pairs}", "max_steps=12")
+    done = clone.tuner("train", "dpo", "cpu", f"data={pairs}", "max_steps=8")
     assert done.returncode == 0, done.stderr[-5000:]
     merged = clone.runs / "instruction-cpu" / "merged"
     assert (merged / "config.json").is_file()
@@ -263,7 +264,7 @@ def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, 
     assert dataset["sha256"] == sha256_file(pairs)
     assert (clone.runs / "dpo-cpu" / "adapter_model.safetensors").is_file()
     margins = [r["rewards/margins"] for r in clone.trainer_log("dpo-cpu") if "rewards/margins" in r]
-    assert len(margins) == 12
+    assert len(margins) == 8
     # Policy and reference start equal; training on the pairs pulls chosen above rejected.
     assert abs(margins[0]) < 1e-3
     assert sum(margins[-3:]) / 3 > 0.1
