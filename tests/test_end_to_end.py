@@ -225,28 +225,6 @@ def test_prefs_pairs_best_against_worst_and_drops_ties(prefs):
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_prefs_re_pairs_with_another_margin_without_sampling_or_judging_again(demo, prefs):
-    clone, _ = demo
-    out, _ = prefs
-    conversations = clone.root / "data" / "conversations.jsonl"
-    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
-    not_tied = len(read_records(out / "pairs.jsonl", PreferencePair)) + sum(
-        1 for item in dropped if item["meta"]["dropped"].startswith("margin under")
-    )
-    stages = [out / "work" / "candidates-0.jsonl", out / "work" / "scores.jsonl"]
-    written = [path.stat().st_mtime_ns for path in stages]
-    again = clone.infer(
-        "prefs", str(conversations), "samples=3", "max_tokens=64", "min_margin=0", f"out={out}"
-    )
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert [path.stat().st_mtime_ns for path in stages] == written
-    assert json.loads((out / "stats.json").read_text())["pairs"] == not_tied
-    # Back to the first margin for the DPO test below.
-    assert (
-        clone.infer("prefs", str(conversations), "samples=3", MARGIN, f"out={out}").returncode == 0
-    )
-
-
 def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, prefs):
     """The pairs `prefs` made train the dpo recipe, starting from the instruction run's
     adapter merged into its base."""
@@ -268,6 +246,29 @@ def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, 
     # Policy and reference start equal; training on the pairs pulls chosen above rejected.
     assert abs(margins[0]) < 1e-3
     assert sum(margins[-3:]) / 3 > 0.1
+
+
+def test_prefs_re_pairs_with_another_margin_without_sampling_or_judging_again(demo, prefs):
+    """After the DPO test, which trains on the pairs as first made."""
+    clone, _ = demo
+    out, _ = prefs
+    conversations = clone.root / "data" / "conversations.jsonl"
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    not_tied = len(read_records(out / "pairs.jsonl", PreferencePair)) + sum(
+        1 for item in dropped if item["meta"]["dropped"].startswith("margin under")
+    )
+    stages = [out / "work" / "candidates-0.jsonl", out / "work" / "scores.jsonl"]
+    written = [path.stat().st_mtime_ns for path in stages]
+    again = clone.infer(
+        "prefs", str(conversations), "samples=3", "max_tokens=64", "min_margin=0", f"out={out}"
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert [path.stat().st_mtime_ns for path in stages] == written
+    assert json.loads((out / "stats.json").read_text())["pairs"] == not_tied
+    # Back to the first margin for the DPO test below.
+    assert (
+        clone.infer("prefs", str(conversations), "samples=3", MARGIN, f"out={out}").returncode == 0
+    )
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(demo):
