@@ -4,14 +4,15 @@ Ray executors for web-scale inputs).
 
 Stages, each resumable (datatrove skips the tasks it logged as complete):
   0. read:  every input line is checked (file:line errors before anything runs),
-            exact duplicates are removed, and the records are dealt into one shard
-            per task as datatrove documents carrying the original record;
+            exact duplicates are set aside, and the records are dealt into one shard
+            per task as datatrove documents: their text and a file:line id;
   1. rules: the preset's rules and decontamination; survivors are written and their
             MinHash signatures computed;
   2-3.      LSH buckets, then clusters of near-duplicates (datatrove's MinHash steps);
   4. dedup: one record per cluster is kept.
-Then the kept and rejected records go back to the project's schema, with the reasons
-per record, `stats.json` and a bar chart of removals by rule.
+Then (tuner/filter/run.py) each removal is verified by exact Jaccard, and the input
+records are read once more and written kept or rejected with their verdicts, beside
+`stats.json` and a bar chart of removals by rule.
 """
 
 from __future__ import annotations
