@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tuner.errors import TunerError
 from tuner.generate import magpie, templates
 from tuner.generate.backends import BACKENDS, open_backend
 from tuner.models import EMBEDDED, resolve_model
@@ -31,8 +32,6 @@ OPTIONS = {
 
 
 def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
-    from tuner.errors import TunerError
-
     if task not in task_names():
         raise TunerError(f"Unknown task '{task}'. Tasks: {', '.join(task_names())}.")
     options = parse_options(option_pairs, OPTIONS, "generate")
