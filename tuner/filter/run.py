@@ -206,24 +206,23 @@ def documents(folder: Path) -> Iterator[dict[str, Any]]:
             yield from map(orjson.loads, handle)
 
 
-def verify_near_duplicates(work: Path, dedup: NearDuplicates) -> dict[str, dict[str, Any]]:
+def verify_near_duplicates(
+    work: Path, dedup: NearDuplicates, kept_texts: dict[int, str]
+) -> dict[str, dict[str, Any]]:
     """LSH finds candidates: pairs whose MinHash agrees on a whole band, which happens
     to pairs somewhat below the threshold too (its S-curve is not a step). Each record
     removed as a near-duplicate is checked against the record kept for its cluster
     with the exact Jaccard similarity of their word n-grams, and put back when it falls
-    under the threshold. Returns the verdicts of the removed records."""
+    under the threshold. `kept_texts` holds the kept record's text by cluster. Returns
+    the verdicts of the removed records."""
     clustered = {}
     for doc in documents(work / "rejected-near"):
         clustered.setdefault(doc["metadata"]["minhash_cluster_id"], []).append(doc)
-    kept_for: dict[int, set[str]] = {}
-    for doc in documents(work / "kept"):
-        cluster = doc["metadata"].get("minhash_cluster_id", -1)
-        if cluster in clustered:
-            kept_for[cluster] = ngram_keys(doc["text"], dedup.ngram)
     found = {}
     for cluster, docs in clustered.items():
+        kept = ngram_keys(kept_texts[cluster], dedup.ngram)
         for doc in docs:
-            similarity = jaccard(ngram_keys(doc["text"], dedup.ngram), kept_for[cluster])
+            similarity = jaccard(ngram_keys(doc["text"], dedup.ngram), kept)
             if similarity >= dedup.jaccard:
                 found[doc["id"]] = {
                     "rejected_by": [NEAR_DUPLICATE],
@@ -251,13 +250,16 @@ def verdicts(work: Path, preset: FilterPreset) -> dict[str, dict[str, Any]]:
     }
     for doc in documents(work / "rejected-rules"):
         found[doc["id"]] = {"rejected_by": doc["metadata"]["reasons"]}
-    if preset.near_duplicates:
-        found |= verify_near_duplicates(work, preset.near_duplicates)
+    kept_texts: dict[int, str] = {}
     for doc in documents(work / ("kept" if preset.near_duplicates else "passed")):
         verdict = {"quality": doc["metadata"]["quality"]}
-        if doc["metadata"].get("minhash_cluster_id", -1) >= 0:
-            verdict["cluster"] = doc["metadata"]["minhash_cluster_id"]  # kept for its cluster
+        cluster = doc["metadata"].get("minhash_cluster_id", -1)
+        if cluster >= 0:
+            verdict["cluster"] = cluster  # kept for its cluster
+            kept_texts[cluster] = doc["text"]
         found[doc["id"]] = verdict
+    if preset.near_duplicates:
+        found |= verify_near_duplicates(work, preset.near_duplicates, kept_texts)
     return found
 
 
