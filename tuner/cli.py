@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -108,6 +109,19 @@ def cmd_filter(args: argparse.Namespace) -> None:
     out.print(f"Outputs (kept, rejected, stats.json, removals.png) in {stats['output']}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tuner.evaluate.run import evaluate
+
+    evaluate(args.task, args.hardware, args.options, err)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from tuner.evaluate.report import write_report
+
+    path = write_report(args.out, err)
+    out.print(f"Report: {path} (report.json and the plots beside it)")
+
+
 def cmd_prefs(args: argparse.Namespace) -> None:
     from tuner.preferences import build_preferences
 
@@ -194,11 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
         "'embedded'), samples (responses per model; 4 with one model, else 1), scorer "
         "('judge' through vLLM with generate/judge.yaml, or rm:MODEL for a reward model), "
         "judge (the judge model; 'embedded'), min_margin (pairs under it are dropped, ties "
-        "included; 1.0), max_tokens, seed, out (folder; INPUT's name + .prefs).",
+        "included; 0.5), max_tokens, seed, out (folder; INPUT's name + .prefs).",
     )
     p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
     p.set_defaults(func=cmd_prefs)
+
+    p = sub.add_parser(
+        "eval",
+        help="the task's suite on the base and the fine-tuned model, then the comparison",
+        description="Options as key=value: limit (documents per benchmark), backend "
+        "(vllm|hf; vllm where installed), variant (full|local; the overlay's, local on "
+        "cpu), only (base|tuned: one model, no comparison). Results in runs/TASK-HW/eval/.",
+    )
+    p.add_argument("task")
+    p.add_argument("hardware")
+    p.add_argument("options", nargs="*", help="key=value options (see above)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="one Markdown report with plots over all run folders")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: runs/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="speed benchmarks, written to bench/results/NAME.json")
     p.add_argument("names", nargs="*", help="generate, filter (all by default)")

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -23,6 +22,7 @@ from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
+from tuner.logged import run_logged
 from tuner.manifest import (
     dataset_fingerprints,
     git_commit,
@@ -48,6 +48,7 @@ DEFAULT_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+RESUME_HINT = "Checkpoints already written are kept: run the same command again to resume."
 
 
 def write_config(recipe: ComposedRecipe) -> Path:
@@ -93,29 +94,6 @@ def axolotl_env(recipe: ComposedRecipe) -> dict[str, str]:
     return env
 
 
-def run_logged(command: list[str], env: dict[str, str], log: Path) -> None:
-    """Run a command from the repository root, echoing its output and appending it to
-    the run's log."""
-    console.print(f"[bold]$ {' '.join(command)}[/bold]")
-    with log.open("a") as sink:
-        sink.write(f"\n$ {' '.join(command)}\n")
-        sink.flush()
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            sink.write(line)
-            sys.stderr.write(line)
-        code = process.wait()
-    if code != 0:
-        raise TunerError(
-            f"`{' '.join(command)}` failed with exit code {code}. Its output is in {log}; "
-            "the last lines above say why. Checkpoints already written are kept: run the "
-            "same command again to resume."
-        )
-
-
 def ensure_base_model(recipe: ComposedRecipe, env: dict[str, str], log: Path) -> None:
     """Local base models must exist before Axolotl starts: the embedded default is
     converted on first use, and a recipe that starts from another task's output gets
@@ -139,7 +117,7 @@ def ensure_base_model(recipe: ComposedRecipe, env: dict[str, str], log: Path) ->
             "base_model=PATH to start from another model."
         )
     console.print(f"Merging the {recipe.starts_from} adapter into its base model → {base}")
-    run_logged(["axolotl", "merge-lora", str(source / "config.yaml")], env, log)
+    run_logged(["axolotl", "merge-lora", str(source / "config.yaml")], env, log, RESUME_HINT)
 
 
 def launcher_args(recipe: ComposedRecipe) -> list[str]:
@@ -212,8 +190,8 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
     try:
         # A resumed run's data was prepared by the attempt that wrote its checkpoints.
         if not resumed_from:
-            run_logged(["axolotl", "preprocess", rel_config], env, log)
-        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log)
+            run_logged(["axolotl", "preprocess", rel_config], env, log, RESUME_HINT)
+        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log, RESUME_HINT)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
         write_manifest(manifest_path, manifest)

@@ -1,0 +1,137 @@
+"""Base against tuned, metric by metric: both values with their standard errors, the
+absolute and the relative delta with theirs.
+
+The delta's standard error is paired where both models scored the same documents (the
+standard error of the per-document differences: base and tuned answer the same
+questions, so their errors are correlated and the paired one is the right, usually
+smaller, figure); otherwise the two standard errors combine as if independent. The
+relative delta's standard error treats the base value as the fixed reference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Row:
+    task: str
+    metric: str
+    base: float
+    base_stderr: float | None
+    tuned: float
+    tuned_stderr: float | None
+    delta: float
+    delta_stderr: float | None
+    relative: float | None
+    relative_stderr: float | None
+    higher_is_better: bool
+    paired: bool
+    documents: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired_stderr(base: dict[str, float], tuned: dict[str, float]) -> float | None:
+    shared = sorted(set(base) & set(tuned))
+    if len(shared) < 2 or len(shared) != len(base) or len(shared) != len(tuned):
+        return None
+    differences = [tuned[d] - base[d] for d in shared]
+    return statistics.stdev(differences) / math.sqrt(len(differences))
+
+
+def combined_stderr(first: float | None, second: float | None) -> float | None:
+    if first is None or second is None:
+        return None
+    return math.hypot(first, second)
+
+
+def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
+    """Rows for every metric both results hold, in the base's order."""
+    rows = []
+    for task, base_task in base["tasks"].items():
+        tuned_task = tuned["tasks"].get(task)
+        if tuned_task is None:
+            continue
+        for metric, b in base_task["metrics"].items():
+            t = tuned_task["metrics"].get(metric)
+            if t is None:
+                continue
+            delta = t["value"] - b["value"]
+            paired = paired_stderr(b.get("per_sample") or {}, t.get("per_sample") or {})
+            delta_stderr = (
+                paired if paired is not None else combined_stderr(b["stderr"], t["stderr"])
+            )
+            relative = delta / abs(b["value"]) if b["value"] else None
+            relative_stderr = (
+                delta_stderr / abs(b["value"])
+                if relative is not None and delta_stderr is not None
+                else None
+            )
+            rows.append(
+                Row(
+                    task=task,
+                    metric=metric,
+                    base=b["value"],
+                    base_stderr=b["stderr"],
+                    tuned=t["value"],
+                    tuned_stderr=t["stderr"],
+                    delta=delta,
+                    delta_stderr=delta_stderr,
+                    relative=relative,
+                    relative_stderr=relative_stderr,
+                    higher_is_better=bool(b.get("higher_is_better", True)),
+                    paired=paired is not None,
+                    documents=base_task.get("samples"),
+                )
+            )
+    return rows
+
+
+def with_stderr(value: float | None, stderr: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{value * scale:+.1f}{unit}" if percent else f"{value:.4g}"
+    if stderr is not None:
+        text += f" ± {stderr * scale:.1f}{unit}" if percent else f" ± {stderr:.2g}"
+    return text
+
+
+def cells(row: Row) -> list[str]:
+    arrow = "↑" if row.higher_is_better else "↓"
+    return [
+        row.task,
+        f"{row.metric} {arrow}",
+        with_stderr(row.base, row.base_stderr),
+        with_stderr(row.tuned, row.tuned_stderr),
+        with_stderr(row.delta, row.delta_stderr),
+        with_stderr(row.relative, row.relative_stderr, percent=True),
+    ]
+
+
+HEADERS = ["task", "metric", "base", "tuned", "Δ", "Δ relative"]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for header in HEADERS:
+        if header in ("task", "metric"):
+            table.add_column(header, no_wrap=True)
+        else:
+            table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*cells(row))
+    return table

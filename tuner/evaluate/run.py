@@ -1,0 +1,312 @@
+"""`just eval TASK HW`: the task's suite on the base model and on the model fine-tuned in
+`runs/TASK-HW/`, every setting shared, then the comparison.
+
+Layout of `runs/TASK-HW/eval/`:
+- `base/`, `tuned/`: lm-eval's own output (`call-N/…/results_*.json`, `samples_*.jsonl`,
+  `lm-eval.log`) and `results.json`, the project's reading of it with the settings used;
+- `comparison.json`, `comparison.md`: per metric base, tuned, deltas, standard errors.
+
+A model's results are reused when they were produced with the same settings (same
+harness version, suite definitions, engine, chat template, seed, batch and limit): a
+second `just eval` after more training re-runs only the tuned model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from tuner.errors import TunerError
+from tuner.evaluate.compare import compare, markdown_table, rich_table
+from tuner.evaluate.diversity import distinct_n_with_stderr
+from tuner.evaluate.harness import (
+    Engine,
+    ModelUnderTest,
+    check_backend,
+    default_backend,
+    harness_version,
+    read_results,
+    responses,
+    run_harness,
+)
+from tuner.evaluate.judging import judge_answers
+from tuner.evaluate.merge import merged_model
+from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite
+from tuner.manifest import sha256_file
+from tuner.models import embedded_model_dir, ensure_embedded_model
+from tuner.options import parse_options, positive_int
+from tuner.project import ROOT, run_dir
+from tuner.recipes import compose, load_hardware, load_task
+
+LABELS = ("base", "tuned")
+
+
+def choice(*allowed: str):
+    def convert(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"choose one of: {', '.join(allowed)}")
+        return raw
+
+    return convert
+
+
+OPTIONS = {
+    "limit": (positive_int, None),
+    "backend": (choice("vllm", "hf"), None),
+    "variant": (choice(*VARIANTS), None),
+    "only": (choice("base", "tuned"), None),
+}
+
+
+def suite_for(task: str, hardware: str, variant: str | None) -> tuple[str, Suite, str]:
+    meta = load_task(task).get("tuner") or {}
+    name = meta.get("suite")
+    if not name:
+        raise TunerError(f"recipes/tasks/{task}.yaml names no evaluation suite (tuner.suite).")
+    # The overlay says which variant its machine runs: the cpu one runs `local`.
+    chosen = variant or (load_hardware(hardware).get("tuner") or {}).get("eval", "full")
+    return name, load_suite(name), chosen
+
+
+def run_config(task: str, hardware: str) -> dict[str, Any]:
+    """The config the run trained with; the composed one if it has not trained yet."""
+    path = run_dir(task, hardware) / "config.yaml"
+    if path.is_file():
+        return yaml.safe_load(path.read_text())
+    return compose(task, hardware).config
+
+
+def local_path(name: str) -> str:
+    """A model path as the recipe writes it (relative to the repository root) made
+    absolute; a hub id stays as it is."""
+    candidate = ROOT / name
+    return str(candidate.resolve()) if name.startswith(".") or candidate.exists() else name
+
+
+def models_under_test(task: str, hardware: str, only: str | None) -> list[ModelUnderTest]:
+    run = run_dir(task, hardware)
+    config = run_config(task, hardware)
+    base_model = local_path(str(config["base_model"]))
+    if Path(base_model) == embedded_model_dir().resolve():
+        ensure_embedded_model()
+    trained = (run / "adapter_config.json").is_file() or (run / "model.safetensors").is_file()
+    if not trained and only != "base":
+        raise TunerError(
+            f"{run} holds no trained model. Run `just train {task} {hardware}` first, or "
+            f"evaluate the base model alone: `just eval {task} {hardware} only=base`."
+        )
+    # The chat template training used (saved with the run) serves both models.
+    tokenizer = str(run) if (run / "tokenizer_config.json").is_file() else base_model
+    base = ModelUnderTest("base", base_model, tokenizer)
+    if (run / "adapter_config.json").is_file():
+        tuned = ModelUnderTest("tuned", base_model, tokenizer, adapter=run)
+    else:
+        tuned = ModelUnderTest("tuned", str(run), tokenizer)
+    chosen = {"base": [base], "tuned": [tuned], None: [base, tuned]}
+    return chosen[only] if trained else [base]
+
+
+def engine_for(config: dict[str, Any], backend: str) -> Engine:
+    from tuner.generate.backends import configure_vllm_for_cpu, cpu_only
+
+    cpu = cpu_only()
+    if cpu and backend == "vllm":
+        configure_vllm_for_cpu()
+    # CPUs and Ampere-or-newer GPUs run bfloat16; a card the overlay trains in fp16
+    # (the T4) evaluates in float16.
+    dtype = "float16" if config.get("fp16") is True else "bfloat16"
+    return Engine(backend, dtype, cpu)
+
+
+def for_engine(
+    model: ModelUnderTest, engine: Engine, eval_dir: Path, console: Console
+) -> ModelUnderTest:
+    """vLLM gets an adapter merged into its base (see merge.py)."""
+    if engine.backend != "vllm" or model.adapter is None:
+        return model
+    merged = merged_model(
+        model.adapter, model.pretrained, engine.dtype, eval_dir / "merged", console
+    )
+    return ModelUnderTest(model.label, str(merged), model.tokenizer, adapter=None)
+
+
+def shared_settings(
+    suite_name: str,
+    suite: Suite,
+    variant: str,
+    engine: Engine,
+    tokenizer: str,
+) -> dict[str, Any]:
+    """Everything both models' results must agree on to be compared."""
+    template = Path(tokenizer) / "chat_template.jinja"
+    config = Path(tokenizer) / "tokenizer_config.json"
+    return {
+        "harness": f"lm_eval {harness_version()}",
+        "suite": suite_name,
+        "variant": variant,
+        "definitions": definitions_digest(suite_name),
+        "benchmarks": [b.model_dump() for b in suite.variant(variant).benchmarks],
+        "backend": engine.backend,
+        "dtype": engine.dtype,
+        "tokenizer": tokenizer,
+        "chat_template_sha256": sha256_file(template if template.is_file() else config)
+        if config.is_file()
+        else None,
+        **suite.settings.model_dump(),
+    }
+
+
+def add_diversity(tasks: dict[str, Any], folders: list[Path]) -> None:
+    """distinct-1 and distinct-2 of every generating task's answers."""
+    for task, result in tasks.items():
+        if result["output_type"] != "generate_until":
+            continue
+        answers = [a["text"] for a in responses(folders, task)]
+        if not answers:
+            continue
+        for n in (1, 2):
+            value, stderr = distinct_n_with_stderr(answers, n)
+            result["metrics"][f"distinct_{n}"] = {
+                "value": value,
+                "stderr": stderr,
+                "higher_is_better": True,
+                "per_sample": {},
+            }
+
+
+def evaluate_model(
+    model: ModelUnderTest,
+    engine: Engine,
+    suite: Suite,
+    variant: str,
+    settings: dict[str, Any],
+    eval_dir: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """The model's results: reused when the same settings produced them, else run."""
+    out = eval_dir / model.label
+    results_path = out / "results.json"
+    identity = {"pretrained": model.pretrained, "adapter": str(model.adapter or "")}
+    if model.adapter is not None:
+        identity["adapter_sha256"] = sha256_file(model.adapter / "adapter_model.safetensors")
+    if results_path.is_file():
+        previous = json.loads(results_path.read_text())
+        if previous.get("settings") == settings and previous.get("model") == identity:
+            console.print(f"{model.label}: same settings as {results_path}; reusing its results.")
+            return previous
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    chosen = suite.variant(variant)
+    run_settings = suite.settings.model_copy(update={"limit": settings["limit"]})
+    runnable = for_engine(model, engine, eval_dir, console)
+    folders = run_harness(
+        engine, runnable, chosen.benchmarks, run_settings, out, variant == "local"
+    )
+    tasks = read_results(folders)
+    add_diversity(tasks, folders)
+    return {
+        "label": model.label,
+        "model": identity,
+        "settings": settings,
+        "folders": [f.relative_to(out).as_posix() for f in folders],
+        "tasks": tasks,
+    }
+
+
+def add_judge_scores(
+    results: dict[str, dict[str, Any]], eval_dir: Path, suite: Suite, variant: str, console: Console
+) -> None:
+    chosen = suite.variant(variant)
+    for benchmark in (b for b in chosen.benchmarks if b.judge):
+        pending = {
+            label: [*responses([eval_dir / label / f for f in r["folders"]], benchmark.task)]
+            for label, r in results.items()
+            if "judge_score" not in r["tasks"].get(benchmark.task, {}).get("metrics", {})
+        }
+        if not pending:
+            continue
+        assert chosen.judge is not None
+        scores = judge_answers(chosen.judge, pending, suite.settings.seed, console)
+        for label, by_doc in scores.items():
+            values = list(by_doc.values())
+            mean = sum(values) / len(values)
+            stderr = (
+                (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+                if len(values) > 1
+                else None
+            )
+            results[label]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
+                "value": mean,
+                "stderr": stderr,
+                "higher_is_better": True,
+                "per_sample": by_doc,
+                "judge": chosen.judge.model_dump(),
+            }
+
+
+def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console) -> Path:
+    options = parse_options(option_pairs, OPTIONS, "eval")
+    suite_name, suite, variant = suite_for(task, hardware, options["variant"])
+    backend = check_backend(options["backend"] or default_backend())
+    config = run_config(task, hardware)
+    models = models_under_test(task, hardware, options["only"])
+    engine = engine_for(config, backend)
+    settings = shared_settings(suite_name, suite, variant, engine, models[0].tokenizer)
+    if options["limit"] is not None:
+        settings["limit"] = options["limit"]
+
+    eval_dir = run_dir(task, hardware) / "eval"
+    results = {
+        model.label: evaluate_model(model, engine, suite, variant, settings, eval_dir, console)
+        for model in models
+    }
+    add_judge_scores(results, eval_dir, suite, variant, console)
+    for label, result in results.items():
+        (eval_dir / label / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"Results: {', '.join(str(eval_dir / label) for label in results)}")
+    if set(results) != set(LABELS):
+        return eval_dir
+    return write_comparison(task, hardware, results["base"], results["tuned"], eval_dir, console)
+
+
+def write_comparison(
+    task: str,
+    hardware: str,
+    base: dict[str, Any],
+    tuned: dict[str, Any],
+    eval_dir: Path,
+    console: Console,
+) -> Path:
+    if base["settings"] != tuned["settings"]:
+        differing = sorted(
+            k for k in base["settings"] if base["settings"][k] != tuned["settings"].get(k)
+        )
+        raise TunerError(
+            f"{eval_dir}: the base and tuned results were produced with different settings "
+            f"({', '.join(differing)}); run `just eval {task} {hardware}` again."
+        )
+    rows = compare(base, tuned)
+    title = f"{task} on {hardware}: base vs tuned ({base['settings']['suite']} suite, "
+    title += f"{base['settings']['variant']})"
+    comparison = {
+        "task": task,
+        "hardware": hardware,
+        "settings": base["settings"],
+        "base_model": base["model"],
+        "tuned_model": tuned["model"],
+        "rows": [row.as_dict() for row in rows],
+    }
+    path = eval_dir / "comparison.json"
+    path.write_text(json.dumps(comparison, indent=2) + "\n")
+    settings_lines = "\n".join(f"- {k}: {v}" for k, v in base["settings"].items())
+    (eval_dir / "comparison.md").write_text(
+        f"# {title}\n\n{markdown_table(rows)}\nShared settings:\n{settings_lines}\n"
+    )
+    console.print(rich_table(rows, title))
+    console.print(f"Comparison: {path} and comparison.md")
+    return path

@@ -1,0 +1,127 @@
+"""Evaluation suites (`evaluate/suites/TASK.yaml`): which benchmarks measure a task, in
+two variants — `full` (harness tasks by name, data from the hub, for GPUs) and `local`
+(the project's tasks on `evaluate/fixtures/`, offline, for CPU) — with the settings
+the base and the tuned model share."""
+
+from __future__ import annotations
+
+import hashlib
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuner.errors import TunerError
+from tuner.project import ROOT
+
+EVALUATE_DIR = ROOT / "evaluate"
+SUITES_DIR = EVALUATE_DIR / "suites"
+TASKS_DIR = EVALUATE_DIR / "tasks"
+FIXTURES_DIR = EVALUATE_DIR / "fixtures"
+RUBRICS_DIR = EVALUATE_DIR / "rubrics"
+VARIANTS = ("full", "local")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Benchmark(Strict):
+    """One lm-eval task (a harness task by name, or one of the project's in
+    evaluate/tasks/)."""
+
+    task: str
+    num_fewshot: int | None = Field(default=None, ge=0)
+    # Its answers are scored by the variant's judge after lm-eval has run.
+    judge: bool = False
+
+
+class Judge(Strict):
+    model: str
+    # A rubric in evaluate/rubrics/NAME.txt; None: the preference stage's rubric
+    # (generate/judge.yaml).
+    rubric: str | None = None
+    # The field of a task's documents that holds the instruction the answer is for.
+    field: str = "prompt"
+
+
+class Variant(Strict):
+    benchmarks: list[Benchmark] = Field(min_length=1)
+    judge: Judge | None = None
+
+
+class Settings(Strict):
+    """What the base and the tuned model share in every run of the suite."""
+
+    apply_chat_template: bool = True
+    fewshot_as_multiturn: bool = False
+    seed: int = 1234
+    batch_size: int = Field(default=8, ge=1)
+    # Documents per task; None for all. `just eval TASK HW limit=N` overrides it.
+    limit: int | None = Field(default=None, ge=1)
+
+
+class Suite(Strict):
+    description: str
+    settings: Settings = Settings()
+    full: Variant
+    local: Variant
+
+    def variant(self, name: str) -> Variant:
+        return self.full if name == "full" else self.local
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name: str) -> Suite:
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise TunerError(
+            f"No evaluation suite '{name}' ({path} does not exist). Suites: "
+            f"{', '.join(suite_names())}."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as problem:
+        raise TunerError(f"{path} is not valid YAML: {problem}") from None
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as problem:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problem.errors()
+        )
+        raise TunerError(f"{path}: {details}") from None
+    for variant in VARIANTS:
+        judged = [b.task for b in suite.variant(variant).benchmarks if b.judge]
+        if judged and suite.variant(variant).judge is None:
+            raise TunerError(
+                f"{path}: {variant} marks {', '.join(judged)} for judging but has no `judge:`."
+            )
+    return suite
+
+
+def rubric_text(name: str | None) -> str | None:
+    if name is None:
+        return None
+    path = RUBRICS_DIR / f"{name}.txt"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in RUBRICS_DIR.glob("*.txt")))
+        raise TunerError(f"No rubric '{name}' ({path} does not exist). Rubrics: {names}.")
+    return path.read_text()
+
+
+def definitions_digest(suite: str) -> str:
+    """A digest of everything that defines what the suite asks: the suite, the
+    project's task YAMLs and metrics, the fixtures and the rubrics. Base and tuned
+    results are comparable only when it is the same."""
+    digest = hashlib.sha256()
+    files = [SUITES_DIR / f"{suite}.yaml"]
+    for folder in (TASKS_DIR, FIXTURES_DIR, RUBRICS_DIR):
+        files += sorted(
+            p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
