@@ -45,6 +45,14 @@ filter input *options: setup
 prefs input *options: setup
     {{infer}} -m tuner prefs "$@"
 
+# Evaluate base vs fine-tuned TASK on HW with the task's suite (limit=, backend=, only=)
+eval task hw *options: setup
+    {{infer}} -m tuner eval "$@"
+
+# One Markdown report with plots over every run folder (runs/report/)
+report *args: setup
+    {{python}} -m tuner report "$@"
+
 # Measure the speed targets (generate, filter; all by default) into bench/results/
 bench *names: setup
     {{infer}} -m tuner bench "$@"

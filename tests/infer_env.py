@@ -4,19 +4,19 @@ tests, which run in the training environment: as the Justfile does, a subprocess
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
+from tuner.environments import INFER_PYTHON, subprocess_env
 from tuner.project import ROOT
 
-INFER_PYTHON = ROOT / ".venvs" / "infer" / "bin" / "python"
 
-
-def infer_env(data: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+def infer_env(data: Path | None = None, runs: Path | None = None) -> dict[str, str]:
+    env = subprocess_env()
     if data is not None:
         env["TUNER_DATA"] = str(data)
+    if runs is not None:
+        env["TUNER_RUNS"] = str(runs)
     return env
 
 
@@ -25,13 +25,18 @@ def tuner_command(*args: str) -> list[str]:
 
 
 def run_infer(
-    *args: str, data: Path | None = None, timeout: int = 600
+    *args: str,
+    data: Path | None = None,
+    runs: Path | None = None,
+    module: bool = True,
+    timeout: int = 600,
 ) -> subprocess.CompletedProcess:
-    """`python -m tuner ARGS` in the inference environment, output captured."""
+    """`python -m tuner ARGS` (or `python ARGS` when not `module`) in the inference
+    environment, output captured."""
     return subprocess.run(
-        tuner_command(*args),
+        tuner_command(*args) if module else [str(INFER_PYTHON), *args],
         cwd=ROOT,
-        env=infer_env(data),
+        env=infer_env(data, runs),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -110,14 +110,113 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.Co
     return Clone(root), done
 
 
-def test_demo_shows_base_and_tuned_answers_side_by_side(demo):
+def harness_results(eval_dir: Path, label: str) -> dict:
+    """lm-eval's own results JSON for one model (one harness call per few-shot count;
+    the local suites need one)."""
+    [path] = (eval_dir / label).glob("call-0/*/results_*.json")
+    return json.loads(path.read_text())["results"]
+
+
+def assert_comparison_matches_the_harness_json(eval_dir: Path) -> dict:
+    """Every row of the comparison recomputed from lm-eval's own results files."""
+    comparison = json.loads((eval_dir / "comparison.json").read_text())
+    base, tuned = harness_results(eval_dir, "base"), harness_results(eval_dir, "tuned")
+    checked = 0
+    for row in comparison["rows"]:
+        key = f"{row['metric']},none"
+        if key not in base.get(row["task"], {}):
+            continue  # the project's own additions (distinct-n, judge scores)
+        b, t = base[row["task"]][key], tuned[row["task"]][key]
+        assert row["base"] == pytest.approx(b) and row["tuned"] == pytest.approx(t)
+        assert row["delta"] == pytest.approx(t - b)
+        if b:
+            assert row["relative"] == pytest.approx((t - b) / abs(b))
+        stderr = base[row["task"]].get(f"{row['metric']}_stderr,none")
+        if isinstance(stderr, float):
+            assert row["base_stderr"] == pytest.approx(stderr)
+            assert row["delta_stderr"] is not None
+        checked += 1
+    assert checked >= 4, comparison["rows"]
+    return comparison
+
+
+def test_demo_ends_with_the_base_vs_tuned_table_of_the_instruction_suite(demo):
     clone, done = demo
     assert "base vs. instruction LoRA" in done.stdout
+    assert "prompt_level_strict_acc" in done.stdout
     assert f"Run folder: {clone.runs / 'instruction-cpu'}" in done.stdout
-    rows = json.loads((clone.runs / "instruction-cpu" / "demo.json").read_text())
-    assert len(rows) == 3
-    assert all(row["base"] and row["tuned"] for row in rows)
-    assert any(row["base"] != row["tuned"] for row in rows), "the adapter changed no answer"
+    eval_dir = clone.runs / "instruction-cpu" / "eval"
+    comparison = assert_comparison_matches_the_harness_json(eval_dir)
+    metrics = {(row["task"], row["metric"]) for row in comparison["rows"]}
+    assert ("tuner_ifeval", "prompt_level_strict_acc") in metrics
+    assert ("tuner_ifeval", "distinct_2") in metrics
+    assert ("tuner_perplexity_instruction", "word_perplexity") in metrics
+    settings = comparison["settings"]
+    assert settings["backend"] == "vllm" and settings["variant"] == "local"
+    assert settings["tokenizer"] == str(clone.runs / "instruction-cpu")
+    # One lm-eval command per model; they differ in the model path only (vLLM runs the
+    # adapter merged into the base).
+    commands = [
+        next(
+            line
+            for line in (eval_dir / label / "lm-eval.log").read_text().splitlines()
+            if line.startswith("$ ")
+        )
+        for label in ("base", "tuned")
+    ]
+    base_args, tuned_args = (command.split() for command in commands)
+    differing = [(b, t) for b, t in zip(base_args, tuned_args, strict=True) if b != t]
+    assert len(differing) == 2, differing  # --model_args and --output_path
+    assert str(eval_dir / "merged") in differing[0][1]
+    assert "--apply_chat_template" in base_args
+    # The adapter moved the model: its answers differ from the base model's.
+    answers = {
+        label: [
+            json.loads(line)["resps"][0][0]
+            for line in next((eval_dir / label).glob("call-0/*/samples_tuner_ifeval_*.jsonl"))
+            .read_text()
+            .splitlines()
+        ]
+        for label in ("base", "tuned")
+    }
+    assert answers["base"] != answers["tuned"]
+
+
+def test_eval_through_the_hf_backend_loads_the_adapter_with_peft(demo):
+    clone, _ = demo
+    done = clone.infer("eval", "instruction", "cpu", "backend=hf", "limit=4")
+    assert done.returncode == 0, done.stderr[-4000:]
+    eval_dir = clone.runs / "instruction-cpu" / "eval"
+    comparison = assert_comparison_matches_the_harness_json(eval_dir)
+    assert comparison["settings"]["backend"] == "hf" and comparison["settings"]["limit"] == 4
+    tuned_log = (eval_dir / "tuned" / "lm-eval.log").read_text()
+    assert f"peft={clone.runs / 'instruction-cpu'}" in tuned_log
+    assert "peft=" not in (eval_dir / "base" / "lm-eval.log").read_text()
+    assert all(row["documents"] == 4 for row in comparison["rows"])
+
+
+def test_eval_of_a_judged_suite_scores_answers_with_the_judge(demo):
+    """The creative suite's answers graded by its judge (the embedded model on CPU)."""
+    clone, _ = demo
+    done = clone.infer("eval", "creative", "cpu", "only=base", "limit=3")
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((clone.runs / "creative-cpu/eval/base/results.json").read_text())
+    judged = results["tasks"]["tuner_creative"]["metrics"]["judge_score"]
+    assert len(judged["per_sample"]) == 3
+    assert all(1.0 <= score <= 5.0 for score in judged["per_sample"].values())
+    assert judged["stderr"] is not None and judged["judge"]["rubric"] == "creative"
+    assert not (clone.runs / "creative-cpu/eval/comparison.json").exists()
+
+
+def test_eval_of_the_code_suite_runs_the_answers_in_the_sandbox(demo):
+    clone, _ = demo
+    done = clone.infer("eval", "code", "cpu", "only=base", "limit=2", "backend=hf")
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((clone.runs / "code-cpu/eval/base/results.json").read_text())
+    passed = results["tasks"]["tuner_humaneval"]["metrics"]["pass@1"]["per_sample"]
+    assert len(passed) == 2 and set(passed.values()) <= {0.0, 1.0}
+    perplexity = results["tasks"]["tuner_perplexity_code"]["metrics"]["word_perplexity"]
+    assert perplexity["value"] > 1.0
 
 
 def test_instruction_run_loss_falls_and_the_adapter_is_saved(demo):
@@ -302,3 +401,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(demo):
     # only the steps after its checkpoint.
     resumed_log = done.stderr[done.stderr.index("$ axolotl train") :]
     assert resumed_log.count("'loss'") == 4 - resumed_step
+
+
+def test_report_renders_every_run_with_its_plots(demo, prefs):
+    """After the runs above: instruction (trained, evaluated), dpo, math (trained),
+    creative and code (base evaluated) and the preference stage's statistics."""
+    clone, _ = demo
+    done = clone.tuner("report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = clone.runs / "report"
+    report = (out / "report.md").read_text()
+    assert "## instruction-cpu" in report and "## dpo-cpu" in report
+    assert "| tuner_ifeval | prompt_level_strict_acc ↑ |" in report
+    assert "Evaluated (base); no comparison yet." in report
+    assert "preferences" in report
+    for plot in ("eval-instruction-cpu.png", "loss-instruction-cpu.png", "loss-dpo-cpu.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert f"]({plot})" in report
+    data = json.loads((out / "report.json").read_text())
+    runs = {entry["run"]: entry for entry in data["runs"]}
+    assert runs["instruction-cpu"]["comparison"]["settings"]["backend"] == "hf"
+    assert len(runs["math-cpu"]["loss"]) == 4

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.environments import subprocess_env
 from tuner.errors import TunerError
 from tuner.evaluate.suites import TASKS_DIR, Benchmark, Settings
 from tuner.logged import run_logged
@@ -107,7 +107,7 @@ def lm_eval_command(
 
 
 def harness_env(offline: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    env = subprocess_env()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if offline:
         env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,23 @@ def pids_cgroup(processes: int) -> Path | None:
     return None
 
 
+def remove_cgroup(group: Path, seconds: float = 10.0) -> None:
+    """Kill whatever is still in the cgroup (a fork bomb's last children may outlive
+    its namespace's first process by a moment), then remove it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        if not pids:
+            group.rmdir()
+            return
+        if time.monotonic() > deadline:
+            raise TunerError(f"Sandboxed processes {pids[:10]} in {group} would not die.")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def set_limits(limits: SandboxLimits, cgroup: Path | None) -> None:
     """Runs in the child between fork and exec."""
     if cgroup is not None:
@@ -176,7 +194,7 @@ def execute(
         return supervise(command, env, work, limits, cgroup)
     finally:
         if cgroup is not None:
-            cgroup.rmdir()
+            remove_cgroup(cgroup)
 
 
 def supervise(

