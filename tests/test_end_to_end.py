@@ -184,25 +184,25 @@ def test_demo_ends_with_the_base_vs_tuned_table_of_the_instruction_suite(demo):
 
 def test_eval_through_the_hf_backend_loads_the_adapter_with_peft(demo):
     clone, _ = demo
-    done = clone.infer("eval", "instruction", "cpu", "backend=hf", "limit=4")
+    done = clone.infer("eval", "instruction", "cpu", "backend=hf", "limit=2")
     assert done.returncode == 0, done.stderr[-4000:]
     eval_dir = clone.runs / "instruction-cpu" / "eval"
     comparison = assert_comparison_matches_the_harness_json(eval_dir)
-    assert comparison["settings"]["backend"] == "hf" and comparison["settings"]["limit"] == 4
+    assert comparison["settings"]["backend"] == "hf" and comparison["settings"]["limit"] == 2
     tuned_log = (eval_dir / "tuned" / "lm-eval.log").read_text()
     assert f"peft={clone.runs / 'instruction-cpu'}" in tuned_log
     assert "peft=" not in (eval_dir / "base" / "lm-eval.log").read_text()
-    assert all(row["documents"] == 4 for row in comparison["rows"])
+    assert all(row["documents"] == 2 for row in comparison["rows"])
 
 
 def test_eval_of_a_judged_suite_scores_answers_with_the_judge(demo):
     """The creative suite's answers graded by its judge (the embedded model on CPU)."""
     clone, _ = demo
-    done = clone.infer("eval", "creative", "cpu", "only=base", "limit=3")
+    done = clone.infer("eval", "creative", "cpu", "only=base", "limit=2")
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((clone.runs / "creative-cpu/eval/base/results.json").read_text())
     judged = results["tasks"]["tuner_creative"]["metrics"]["judge_score"]
-    assert len(judged["per_sample"]) == 3
+    assert len(judged["per_sample"]) == 2
     assert all(1.0 <= score <= 5.0 for score in judged["per_sample"].values())
     assert judged["stderr"] is not None and judged["judge"]["rubric"] == "creative"
     assert not (clone.runs / "creative-cpu/eval/comparison.json").exists()

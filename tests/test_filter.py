@@ -16,6 +16,7 @@ from tuner.filter.rules import QualityRules, load_preset, longest_run, repeated_
 from tuner.filter.run import filter_records
 from tuner.filter.synthetic import SyntheticCorpus, english_words
 from tuner.models import ensure_embedded_model
+from tuner.project import ROOT
 from tuner.records import write_records
 
 QUIET = Console(quiet=True)
@@ -286,3 +287,24 @@ def test_lsh_candidates_under_the_threshold_are_put_back(tmp_path: Path):
     assert "synthetic-0000000" in kept
     candidate = kept["half"]["meta"]["filter"]["lsh_candidate"]
     assert 0.2 < candidate["jaccard"] < 0.8
+
+
+def test_by_default_records_quoting_a_local_evaluation_set_are_removed(tmp_path):
+    """Without against=, the suites' local evaluation sets (evaluate/fixtures/, HumanEval)
+    are the decontamination reference; against=none turns it off."""
+    fixture = json.loads(
+        (ROOT / "evaluate/fixtures/summarization.jsonl").read_text().split("\n")[0]
+    )
+    records = [
+        conversation(f"Summarise this article please: {fixture['article']}", GOOD_ANSWER, "leak"),
+        conversation(GOOD_QUESTION, GOOD_ANSWER, "clean"),
+    ]
+    path = tmp_path / "records.jsonl"
+    write_records(path, records)
+    stats = filter_records(str(path), [f"out={tmp_path / 'default'}", "workers=1"], QUIET)
+    assert stats["removed_by_rule"] == {"contamination": 1}
+    rejected = json.loads((tmp_path / "default" / "rejected.jsonl").read_text())
+    assert rejected["meta"]["id"] == "leak"
+    assert any(str(p).endswith("HumanEval.jsonl.gz") for p in stats["options"]["against"])
+    off = filter_records(str(path), [f"out={tmp_path / 'off'}", "workers=1", "against=none"], QUIET)
+    assert off["kept"] == 2

@@ -139,7 +139,9 @@ def bench_filter(console: Console, n: int = 1_000_000, workers: int = 2) -> Path
             del records
     out = folder / f"filtered-{n}"
     started = time.perf_counter()
-    stats = filter_records(str(corpus_path), [f"out={out}", f"workers={workers}"], console)
+    stats = filter_records(
+        str(corpus_path), [f"out={out}", f"workers={workers}", "against=none"], console
+    )
     seconds = time.perf_counter() - started
     quality = near_duplicate_quality(
         corpus_path, planted_path, out, load_preset("default").near_duplicates.jaccard

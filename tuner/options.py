@@ -35,3 +35,14 @@ def positive_int(raw: str) -> int:
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
     return value
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    """A converter accepting only the given words."""
+
+    def convert(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"choose one of: {', '.join(allowed)}")
+        return raw
+
+    return convert

@@ -39,20 +39,11 @@ from tuner.evaluate.merge import merged_model
 from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite
 from tuner.manifest import sha256_file
 from tuner.models import embedded_model_dir, ensure_embedded_model
-from tuner.options import parse_options, positive_int
+from tuner.options import choice, parse_options, positive_int
 from tuner.project import ROOT, run_dir
 from tuner.recipes import compose, load_hardware, load_task
 
 LABELS = ("base", "tuned")
-
-
-def choice(*allowed: str):
-    def convert(raw: str) -> str:
-        if raw not in allowed:
-            raise ValueError(f"choose one of: {', '.join(allowed)}")
-        return raw
-
-    return convert
 
 
 OPTIONS = {
@@ -70,6 +61,11 @@ def suite_for(task: str, hardware: str, variant: str | None) -> tuple[str, Suite
         raise TunerError(f"recipes/tasks/{task}.yaml names no evaluation suite (tuner.suite).")
     # The overlay says which variant its machine runs: the cpu one runs `local`.
     chosen = variant or (load_hardware(hardware).get("tuner") or {}).get("eval", "full")
+    if chosen not in VARIANTS:
+        raise TunerError(
+            f"recipes/hardware/{hardware}.yaml: tuner.eval is '{chosen}'; it must be one of "
+            f"{', '.join(VARIANTS)}."
+        )
     return name, load_suite(name), chosen
 
 

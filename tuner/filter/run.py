@@ -15,6 +15,7 @@ from datatrove.data import Document
 from rich.console import Console
 
 from tuner.errors import TunerError
+from tuner.evaluate.suites import local_evaluation_sets
 from tuner.filter import report
 from tuner.filter.decontamination import EvalNgrams, ngram_keys
 from tuner.filter.pipeline import (
@@ -35,6 +36,11 @@ def paths(raw: str) -> list[Path]:
     return [Path(part) for part in raw.split(",") if part]
 
 
+def eval_sets(raw: str) -> list[Path]:
+    """`against=`: files, or `none` to skip decontamination."""
+    return [] if raw == "none" else paths(raw)
+
+
 def sizes(raw: str) -> list[int]:
     return [positive_int(part) for part in raw.split(",") if part]
 
@@ -42,7 +48,8 @@ def sizes(raw: str) -> list[int]:
 OPTIONS = {
     "preset": (str, "default"),
     "out": (Path, None),
-    "against": (paths, []),
+    # Not given: every local evaluation set of the suites (evaluate/fixtures/, HumanEval).
+    "against": (eval_sets, None),
     "workers": (positive_int, min(2, os.cpu_count() or 1)),
     "tasks": (positive_int, None),
     "tiers": (sizes, []),
@@ -60,6 +67,8 @@ def fingerprint(inputs: list[Path], preset: FilterPreset, against: list[Path], t
 
 def filter_records(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
     options = parse_options(option_pairs, OPTIONS, "filter")
+    if options["against"] is None:
+        options["against"] = local_evaluation_sets()
     inputs = paths(input_arg)
     for path in inputs:
         if not path.is_file():
