@@ -45,6 +45,10 @@ filter input *options: setup
 prefs input *options: setup
     {{infer}} -m tuner prefs "$@"
 
+# Estimate memory, time and cost of TASK on HW before renting it (--all: every pair)
+plan *args: setup
+    {{python}} -m tuner plan "$@"
+
 # Evaluate base vs fine-tuned TASK on HW with the task's suite (limit=, backend=, only=)
 eval task hw *options: setup
     {{infer}} -m tuner eval "$@"
@@ -53,7 +57,7 @@ eval task hw *options: setup
 report *args: setup
     {{python}} -m tuner report "$@"
 
-# Measure the speed targets (generate, filter; all by default) into bench/results/
+# Measure the targets (generate, filter, plan; all by default) into bench/results/
 bench *names: setup
     {{infer}} -m tuner bench "$@"
 

@@ -4,6 +4,7 @@
 - generate: output tokens/s of the project's generator (vLLM) against transformers
   `generate` at batch 8, on the same 64 prompts (128 new tokens at most, greedy), in one
   run, on the embedded default.
+- plan: the memory planner's estimates against published peak-memory figures.
 - filter: a seeded million-record corpus with planted near-duplicates through the
   default preset (rules + near-dedup) on two workers; wall time, and the recall and
   precision of near-duplicate detection against exact Jaccard on a sample.
@@ -223,7 +224,45 @@ def near_duplicate_quality(
     }
 
 
-BENCHMARKS = {"generate": bench_generate, "filter": bench_filter}
+def bench_plan(console: Console) -> Path:
+    """The memory planner against published peak-memory measurements
+    (bench/published-memory.yaml): relative error of each estimate."""
+    import yaml
+
+    from tuner.memory import GIB, Training, architecture_for, estimate
+
+    published = yaml.safe_load((ROOT / "bench" / "published-memory.yaml").read_text())
+    rows = []
+    for item in published:
+        memory = estimate(architecture_for(item["model"]), Training(**item["training"]))
+        estimated = memory.total - (memory.cuda_context if item["allocated"] else 0)
+        unit = GIB if item["unit"] == "GiB" else 1e9
+        error = estimated / unit / item["measured"] - 1
+        rows.append(
+            {
+                "name": item["name"],
+                "source": item["source"],
+                "measured": item["measured"],
+                "unit": item["unit"],
+                "estimated": round(estimated / unit, 2),
+                "relative_error": round(error, 3),
+                "within_20_percent": abs(error) <= 0.2,
+                "breakdown_gib": memory.gib(),
+            }
+        )
+    return write_result(
+        "plan",
+        {
+            "target": "each estimate within 20% of the published figure",
+            "within_target": sum(r["within_20_percent"] for r in rows),
+            "comparisons": len(rows),
+            "results": rows,
+        },
+        console,
+    )
+
+
+BENCHMARKS = {"generate": bench_generate, "filter": bench_filter, "plan": bench_plan}
 
 
 def run(names: list[str], console: Console) -> None:

@@ -122,6 +122,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     out.print(f"Report: {path} (report.json and the plots beside it)")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from tuner.plan import all_plans, make_plan, plans_json, plans_table, print_plan
+
+    if args.all:
+        plans = all_plans()
+        out.print(plans_table(plans))
+    else:
+        if not args.task or not args.hardware:
+            raise TunerError("plan: give TASK and HW (e.g. `just plan math a100`), or --all.")
+        plans = [make_plan(args.task, args.hardware, args.overrides)]
+        print_plan(plans[0], out)
+    if args.json:
+        args.json.write_text(plans_json(plans) + "\n")
+        err.print(f"Wrote {args.json}")
+
+
 def cmd_prefs(args: argparse.Namespace) -> None:
     from tuner.preferences import build_preferences
 
@@ -215,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser(
+        "plan",
+        help="memory, time and cost of a recipe on a card, before renting it",
+        description="Estimates peak GPU memory per device (weights, adapter, gradients, "
+        "optimizer, activations, logits, ZeRO sharding), a verdict with the overrides that "
+        "would make it fit, tokens, steps, time and cost. Besides Axolotl overrides: "
+        "rows=, tokens_per_row= (data size), price= (per hour), mfu= (assumed utilisation).",
+    )
+    p.add_argument("task", nargs="?")
+    p.add_argument("hardware", nargs="?")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--all", action="store_true", help="every task × hardware pair, one table")
+    p.add_argument("--json", type=Path, help="also write the plans to this JSON file")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
         "eval",
         help="the task's suite on the base and the fine-tuned model, then the comparison",
         description="Options as key=value: limit (documents per benchmark), backend "
@@ -231,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="speed benchmarks, written to bench/results/NAME.json")
-    p.add_argument("names", nargs="*", help="generate, filter (all by default)")
+    p.add_argument("names", nargs="*", help="generate, filter, plan (all by default)")
     p.set_defaults(func=cmd_bench)
 
     sub.add_parser(

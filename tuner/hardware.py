@@ -22,6 +22,10 @@ class GpuProfile(BaseModel):
     bf16: bool
     tf32: bool
     fp8: bool = False
+    # For `just plan`: dense 16-bit tensor throughput per card, and a price per hour for
+    # the whole machine (both overridable on the command line).
+    peak_tflops: float | None = Field(default=None, gt=0)
+    price_per_hour: float | None = Field(default=None, ge=0)
 
     @property
     def sm(self) -> str:

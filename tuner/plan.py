@@ -1,0 +1,278 @@
+"""`just plan TASK HW`: before renting the card — will the composed recipe fit, how
+many tokens and steps, how long and at what cost; and if it does not fit, which
+overrides would make it.
+
+Time comes from the training FLOPs over the card's peak dense 16-bit throughput at an
+assumed utilisation (printed with the result): per token, the forward pass costs
+2 FLOPs per weight of the linear layers and the LM head plus the causal attention
+(2·L·s·h), the backward pass twice that for full fine-tuning, once that with an adapter
+(no weight gradients for the frozen base), and gradient checkpointing adds a forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import TunerError
+from tuner.hardware import GpuProfile, gpu_profile
+from tuner.memory import GIB, Architecture, MemoryEstimate, Training, architecture_for, estimate
+from tuner.options import parse_options, positive_int
+from tuner.project import ROOT
+from tuner.recipes import ComposedRecipe, compose, hardware_names, parse_overrides, task_names
+
+# Characters per token when a local dataset is sized without its model's tokenizer.
+CHARS_PER_TOKEN = 4.0
+# Model FLOPs utilisation assumed for the time estimate; `mfu=` overrides it.
+UTILISATION = {"16-bit": 0.40, "quantized": 0.25}
+HEADROOM = 0.95  # of the card's memory, for the allocator's fragmentation
+
+PLAN_OPTIONS = {
+    "rows": (positive_int, None),
+    "tokens_per_row": (positive_int, None),
+    "price": (float, None),
+    "mfu": (float, None),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    rows: int
+    tokens_per_row: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    task: str
+    hardware: str
+    model: str
+    memory: MemoryEstimate
+    card_gib: float | None
+    fits: bool | None
+    workload: Workload
+    tokens: float
+    steps: int
+    hours: float | None
+    cost: float | None
+    utilisation: float
+    price_per_hour: float | None
+    suggestions: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["memory"] = self.memory.gib()
+        return data
+
+
+def model_for(recipe: ComposedRecipe) -> str:
+    """The base model's name or folder; a recipe that starts from another task's merged
+    model has that task's base model's shape."""
+    model = str(recipe.config["base_model"])
+    if recipe.starts_from and not (ROOT / model / "config.json").is_file():
+        return str(compose(recipe.starts_from, recipe.hardware).config["base_model"])
+    return model
+
+
+def local_files(config: dict[str, Any]) -> list[Path]:
+    files = []
+    for dataset in config.get("datasets") or []:
+        path = ROOT / str(dataset.get("path", ""))
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def workload_for(recipe: ComposedRecipe, rows: int | None, tokens_per_row: int | None) -> Workload:
+    """Rows and tokens per row: measured on local JSONL files, else the task's
+    `tuner.dataset` sizes (from the dataset card), else what the user passes."""
+    files = local_files(recipe.config)
+    if files and rows is None:
+        lines = [line for f in files for line in f.read_text().splitlines() if line.strip()]
+        chars = sum(len(line) for line in lines)
+        measured = Workload(len(lines), chars / CHARS_PER_TOKEN / max(len(lines), 1), "measured")
+        return replace(measured, tokens_per_row=tokens_per_row or measured.tokens_per_row)
+    known = recipe.meta.get("dataset") or {}
+    rows = rows or known.get("rows")
+    tokens_per_row = tokens_per_row or known.get("tokens_per_row")
+    if not rows or not tokens_per_row:
+        raise TunerError(
+            f"The size of {recipe.task}'s data is unknown: pass rows=N tokens_per_row=M "
+            "(or give the task `tuner.dataset: {rows, tokens_per_row}`)."
+        )
+    return Workload(int(rows), float(tokens_per_row), "dataset card" if known else "given")
+
+
+def steps_and_tokens(config: dict[str, Any], workload: Workload, gpus: int) -> tuple[int, float]:
+    """Optimizer steps, and the tokens the model processes (padding and packing
+    included) over the run."""
+    sequence = int(config.get("sequence_len", 2048))
+    per_row = min(workload.tokens_per_row, sequence)
+    batch = int(config.get("micro_batch_size", 1)) * int(
+        config.get("gradient_accumulation_steps", 1)
+    )
+    epochs = float(config.get("num_epochs", 1))
+    if config.get("sample_packing"):
+        sequences = math.ceil(workload.rows * per_row / sequence)
+        tokens_per_sequence = float(sequence)
+    else:
+        sequences = workload.rows
+        tokens_per_sequence = per_row
+    steps = math.ceil(sequences * epochs / (batch * gpus))
+    if config.get("max_steps"):
+        steps = min(steps, int(config["max_steps"]))
+    return steps, steps * batch * gpus * tokens_per_sequence
+
+
+def flops_per_token(arch: Architecture, training: Training, sequence: float) -> float:
+    forward = 2.0 * (arch.linear_params + arch.vocab * arch.hidden)
+    forward += 2.0 * arch.layers * sequence * arch.hidden
+    passes = 2.0 if training.adapter else 3.0
+    if training.gradient_checkpointing:
+        passes += 1.0
+    return forward * passes
+
+
+def suggestions(arch: Architecture, training: Training, limit: float) -> list[str]:
+    """Overrides, applied one after another in this order, until the estimate fits."""
+    steps: list[tuple[str, Training]] = []
+    current = training
+    if not current.gradient_checkpointing:
+        current = replace(current, gradient_checkpointing=True)
+        steps.append(("gradient_checkpointing=true", current))
+    while current.micro_batch > 1:
+        current = replace(current, micro_batch=current.micro_batch // 2)
+        keep = "raise gradient_accumulation_steps to keep the batch"
+        steps.append((f"micro_batch_size={current.micro_batch} ({keep})", current))
+    if current.adapter == "lora" and current.weight_bits == 16:
+        current = replace(current, adapter="qlora", weight_bits=4)
+        steps.append(("adapter=qlora load_in_4bit=true", current))
+    if current.optimizer == "adamw":
+        current = replace(current, optimizer="adamw_8bit")
+        steps.append(("optimizer=paged_adamw_8bit", current))
+    while current.sequence_len > 512:
+        current = replace(current, sequence_len=current.sequence_len // 2)
+        steps.append((f"sequence_len={current.sequence_len}", current))
+    chosen = []
+    for override, candidate in steps:
+        chosen.append(override)
+        if estimate(arch, candidate).total <= limit:
+            return chosen
+    return [*chosen, "nothing above fits: a card with more memory, or more GPUs with ZeRO-3"]
+
+
+def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
+    plan_args = [a for a in arguments if a.split("=", 1)[0] in PLAN_OPTIONS]
+    options = parse_options(plan_args, PLAN_OPTIONS, "plan")
+    overrides = [a for a in arguments if a not in plan_args]
+    parse_overrides(overrides)  # a malformed override fails here, with its message
+    recipe = compose(task, hardware, overrides)
+    config = recipe.config
+    profile: GpuProfile | None = gpu_profile(recipe.meta, hardware)
+    gpus = profile.count if profile else 1
+    model = model_for(recipe)
+    arch = architecture_for(model)
+    training = Training.from_config(config, gpus)
+    memory = estimate(arch, training, cuda_context_gib=0.5 if profile else 0.0)
+    card_gib = profile.memory_gib if profile else host_memory_gib()
+    fits = memory.total <= card_gib * GIB * HEADROOM
+    workload = workload_for(recipe, options["rows"], options["tokens_per_row"])
+    steps, tokens = steps_and_tokens(config, workload, gpus)
+    quantized = training.weight_bits < 16
+    utilisation = options["mfu"] or UTILISATION["quantized" if quantized else "16-bit"]
+    hours = cost = None
+    price = options["price"]
+    if profile and profile.peak_tflops:
+        sequence = float(config.get("sequence_len", 2048))
+        flops = tokens * flops_per_token(arch, training, sequence)
+        hours = flops / (profile.peak_tflops * 1e12 * gpus * utilisation) / 3600
+        price = price if price is not None else profile.price_per_hour
+        cost = hours * price if price is not None else None
+    advice = [] if fits else suggestions(arch, training, card_gib * GIB * HEADROOM)
+    return Plan(
+        task=task,
+        hardware=hardware,
+        model=model,
+        memory=memory,
+        card_gib=card_gib,
+        fits=fits,
+        workload=workload,
+        tokens=tokens,
+        steps=steps,
+        hours=hours,
+        cost=cost,
+        utilisation=utilisation,
+        price_per_hour=price,
+        suggestions=advice,
+    )
+
+
+def host_memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def all_plans() -> list[Plan]:
+    return [make_plan(t, h, []) for t in task_names() for h in hardware_names()]
+
+
+def verdict(plan: Plan) -> str:
+    total = plan.memory.total / GIB
+    limit = (plan.card_gib or 0) * HEADROOM
+    if plan.fits:
+        return f"fits: {total:.1f} of {plan.card_gib:.0f} GiB, {limit - total:.1f} GiB headroom"
+    return f"does not fit: {total:.1f} GiB over {limit:.1f} usable of {plan.card_gib:.0f} GiB"
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    table = Table(title=f"{plan.task} on {plan.hardware}: peak memory per device ({plan.model})")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for part, gib in plan.memory.gib().items():
+        table.add_row(part, f"{gib:.2f}")
+    console.print(table)
+    console.print(("✓ " if plan.fits else "✗ ") + verdict(plan))
+    for override in plan.suggestions:
+        console.print(f"  try: {override}")
+    w = plan.workload
+    console.print(
+        f"Data: {w.rows:,} rows × {w.tokens_per_row:,.0f} tokens ({w.source}); "
+        f"{plan.tokens:,.0f} tokens to train in {plan.steps:,} steps."
+    )
+    if plan.hours is not None:
+        cost = f", about {plan.cost:,.2f} at {plan.price_per_hour}/h" if plan.cost else ""
+        console.print(
+            f"Time: about {plan.hours:,.1f} h at {plan.utilisation:.0%} of the card's peak "
+            f"(an assumption: mfu= overrides it){cost}."
+        )
+
+
+def plans_table(plans: list[Plan]) -> Table:
+    hardware = list(dict.fromkeys(p.hardware for p in plans))
+    table = Table(title="Peak GiB per device / card · hours · cost (just plan TASK HW for details)")
+    table.add_column("task")
+    for name in hardware:
+        table.add_column(name, justify="center")
+    for task in dict.fromkeys(p.task for p in plans):
+        cells = []
+        for name in hardware:
+            plan = next(p for p in plans if p.task == task and p.hardware == name)
+            mark = "✓" if plan.fits else "✗"
+            cell = f"{mark} {plan.memory.total / GIB:.1f}/{plan.card_gib:.0f}"
+            if plan.hours is not None:
+                cell += f" · {plan.hours:.1f} h"
+            if plan.cost:
+                cell += f" · {plan.cost:.0f}"
+            cells.append(cell)
+        table.add_row(task, *cells)
+    return table
+
+
+def plans_json(plans: list[Plan]) -> str:
+    return json.dumps([p.as_dict() for p in plans], indent=2, default=str)
