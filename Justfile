@@ -2,8 +2,10 @@
 # Arguments reach the commands as they were typed ("$@"), quotes and spaces intact.
 set positional-arguments
 
-python := ".venvs/train/bin/python"
-infer := ".venvs/infer/bin/python"
+# The two environments (scripts/bootstrap.sh); the container images keep them in /opt/venvs.
+venvs := env_var_or_default("TUNER_VENVS", ".venvs")
+python := venvs + "/train/bin/python"
+infer := venvs + "/infer/bin/python"
 
 # List the recipes of this Justfile
 default:
@@ -44,6 +46,14 @@ filter input *options: setup
 # Preference pairs for DPO from a JSONL of conversations (models=, scorer=judge|rm:MODEL, min_margin=)
 prefs input *options: setup
     {{infer}} -m tuner prefs "$@"
+
+# What this machine has: GPUs, P2P, environments, container engines, code sandbox
+doctor: setup
+    {{python}} -m tuner doctor
+
+# Build the image of a hardware target: llm-tuner:HW (--eval adds the evaluation image)
+build hw *args: setup
+    {{python}} -m tuner build "$@"
 
 # Estimate memory, time and cost of TASK on HW before renting it (--all: every pair)
 plan *args: setup

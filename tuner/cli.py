@@ -77,7 +77,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from tuner.train import train
 
-    recipe = train(args.task, args.hardware, args.overrides, fresh=args.fresh)
+    recipe = train(
+        args.task, args.hardware, args.overrides, fresh=args.fresh, drop_caches=args.drop_caches
+    )
     out.print(f"Done. Adapter, config, logs and manifest.json in {recipe.run_dir}")
 
 
@@ -107,6 +109,19 @@ def cmd_filter(args: argparse.Namespace) -> None:
         f"({stats['kept_fraction']:.1%}); removed by rule: {stats['removed_by_rule']}"
     )
     out.print(f"Outputs (kept, rejected, stats.json, removals.png) in {stats['output']}")
+
+
+def cmd_doctor(_: argparse.Namespace) -> None:
+    from tuner.doctor import report
+
+    report(out)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from tuner.containers import build
+
+    tags = build(args.hardware, args.eval)
+    out.print(f"Built {', '.join(tags)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -186,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hardware")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
+    p.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="unified-memory machines (DGX Spark): drop the page cache first (root)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train the instruction recipe on CPU and compare answers")
@@ -229,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
     p.set_defaults(func=cmd_prefs)
+
+    sub.add_parser(
+        "doctor", help="what this machine has: GPUs, P2P, environments, engines, sandbox"
+    ).set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "build",
+        help="build the hardware target's image (Docker, else podman or buildah)",
+        description="Builds containers/targets.yaml's Dockerfile for HW as llm-tuner:HW; "
+        "--eval also builds llm-tuner:HW-eval with bigcode-evaluation-harness on top.",
+    )
+    p.add_argument("hardware")
+    p.add_argument("--eval", action="store_true", help="also the evaluation image")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
         "plan",

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from tuner.errors import TunerError
 from tuner.project import ROOT
 
-INFER_PYTHON = ROOT / ".venvs" / "infer" / "bin" / "python"
+VENVS = Path(os.environ.get("TUNER_VENVS", ROOT / ".venvs"))
+INFER_PYTHON = VENVS / "infer" / "bin" / "python"
 
 
 def subprocess_env() -> dict[str, str]:

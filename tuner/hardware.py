@@ -25,6 +25,8 @@ class GpuProfile(BaseModel):
     # For `just plan`: dense 16-bit tensor throughput per card, and a price per hour for
     # the whole machine (both overridable on the command line).
     peak_tflops: float | None = Field(default=None, gt=0)
+    # The GPU shares the CPU's memory (DGX Spark): the page cache competes with it.
+    unified_memory: bool = False
     price_per_hour: float | None = Field(default=None, ge=0)
 
     @property

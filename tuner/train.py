@@ -20,6 +20,8 @@ from typing import Any
 
 from rich.console import Console
 
+from tuner.containers import run_in_image, should_dispatch
+from tuner.doctor import multi_gpu_preflight, unified_memory_preflight
 from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
 from tuner.logged import run_logged
@@ -127,13 +129,24 @@ def launcher_args(recipe: ComposedRecipe) -> list[str]:
     return []
 
 
-def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -> ComposedRecipe:
+def train(
+    task: str,
+    hardware: str,
+    overrides: list[str],
+    fresh: bool = False,
+    drop_caches: bool = False,
+) -> ComposedRecipe:
     recipe = compose(task, hardware, overrides)
     report = validate(recipe)
     if not report.ok:
         raise TunerError(report.summary())
 
     profile = gpu_profile(recipe.meta, hardware)
+    if profile is not None and should_dispatch():
+        run_in_image(
+            hardware, ["train", task, hardware, *overrides, *(["--fresh"] if fresh else [])]
+        )
+        return recipe
     detected = detect_gpus()
     if profile is not None:
         check_machine(hardware, profile, detected)
@@ -157,6 +170,10 @@ def train(task: str, hardware: str, overrides: list[str], fresh: bool = False) -
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "axolotl.log"
     env = axolotl_env(recipe)
+    if profile is not None and profile.count > 1:
+        multi_gpu_preflight(profile, env, console)
+    if profile is not None and profile.unified_memory:
+        unified_memory_preflight(drop_caches, console)
     ensure_base_model(recipe, env, log)
 
     for path in discard_incomplete_checkpoints(out):

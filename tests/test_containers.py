@@ -1,0 +1,213 @@
+"""The images (linted with hadolint, parsed with dockerfile-parse), how `just build`
+picks its engine, how `just train` goes into an image, and `just doctor`.
+
+No Docker engine and no registry here: `docker` below is a stand-in script on PATH that
+records its arguments (said where used); the build commands are checked as built, not
+run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from tuner.containers import build_commands, image_tag
+from tuner.project import ROOT
+
+CONTAINERS = ROOT / "containers"
+DOCKERFILES = sorted(CONTAINERS.glob("*.Dockerfile"))
+TARGETS = yaml.safe_load((CONTAINERS / "targets.yaml").read_text())
+ARCH_LISTS = {"t4": "7.5", "a100": "8.0", "4090x8": "8.9", "dgx-spark": "12.1"}
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|PRIVATE", re.IGNORECASE)
+
+
+def parse(path: Path) -> DockerfileParser:
+    parser = DockerfileParser()
+    with path.open("rb") as handle:
+        parser.content = handle.read().decode()
+    return parser
+
+
+def test_every_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    for path in DOCKERFILES:
+        done = subprocess.run(
+            [str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_hardware_target_has_an_image():
+    from tuner.recipes import hardware_names
+
+    assert set(TARGETS) == set(hardware_names())
+    for target in TARGETS.values():
+        assert (ROOT / target["dockerfile"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "base"),
+    [
+        ("cuda.Dockerfile", r"^nvidia/cuda:12\.\d+\.\d+-cudnn-devel-ubuntu24\.04$"),
+        ("dgx-spark.Dockerfile", r"^nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3$"),
+        ("cpu.Dockerfile", r"^debian:bookworm$"),
+    ],
+)
+def test_base_image_per_architecture(dockerfile, base):
+    parser = parse(CONTAINERS / dockerfile)
+    (default,) = [
+        i["value"].split("=", 1)[1]
+        for i in parser.structure
+        if i["instruction"] == "ARG"
+        and "=" in i["value"]
+        and i["value"].split("=")[0].endswith("_BASE")
+    ]
+    assert re.match(base, default), default
+    (source,) = [i["value"] for i in parser.structure if i["instruction"] == "FROM"]
+    assert re.fullmatch(r"\$\{\w+_BASE\}", source), source
+
+
+def test_the_arch_list_is_the_cards_own():
+    for hardware, arch in ARCH_LISTS.items():
+        assert str(TARGETS[hardware]["args"]["TORCH_CUDA_ARCH_LIST"]) == arch, hardware
+        parser = parse(ROOT / TARGETS[hardware]["dockerfile"])
+        env = [i["value"] for i in parser.structure if i["instruction"] == "ENV"]
+        assert any("TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}" in v for v in env)
+    assert TARGETS["dgx-spark"]["platform"] == "linux/arm64"
+    assert {TARGETS[h]["platform"] for h in ("t4", "a100", "4090x8")} == {"linux/amd64"}
+
+
+def test_images_pin_what_they_install_run_as_a_user_and_hold_no_secrets():
+    for path in DOCKERFILES:
+        parser = parse(path)
+        runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
+        for package in re.findall(r"pip install ([^&]+)", runs):
+            for word in package.split():
+                if word.startswith("-") or word.startswith("/") or word.startswith('"$'):
+                    continue
+                assert "==" in word, (path.name, word)
+        args = [i["value"] for i in parser.structure if i["instruction"] == "ARG"]
+        for arg in args:
+            if "=" in arg and arg.split("=")[0] in {"ATTENTION", "DEEPSPEED"}:
+                assert "==" in arg.split("=", 1)[1], arg
+        users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
+        assert users and users[-1].split(":")[0] not in {"root", "0"}, path.name
+        for instruction in parser.structure:
+            if instruction["instruction"] in {"ENV", "ARG"}:
+                for name in re.findall(r"(\w+)=", instruction["value"]):
+                    assert not SECRET_NAME.search(name), (path.name, name)
+        entrypoint = [i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT"]
+        assert entrypoint == ['["just"]'], path.name
+    # Python packages come from the project's own pins: the same Axolotl and lm-eval.
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "axolotl==0.19.0" in pyproject and "lm_eval[ifeval]==0.4.13" in pyproject
+    assert "vllm==0.32.0" in (ROOT / "scripts" / "bootstrap.sh").read_text()
+
+
+def test_the_image_never_receives_the_repository_secrets_or_build_outputs():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in (".venvs", ".cache", "runs", "data", ".git"):
+        assert path in ignored
+
+
+def test_build_commands_per_engine():
+    [docker] = build_commands("a100", "docker")
+    assert docker[:2] == ["docker", "build"]
+    assert docker[docker.index("-f") + 1] == "containers/cuda.Dockerfile"
+    assert docker[docker.index("-t") + 1] == "llm-tuner:a100"
+    assert "TORCH_CUDA_ARCH_LIST=8.0" in docker and docker[-1] == "."
+    [podman] = build_commands("t4", "podman")
+    # The T4 (sm_75) gets xformers: FlashAttention-2 does not run on Turing.
+    assert podman[:2] == ["podman", "build"] and "ATTENTION=xformers==0.0.35" in podman
+    assert "TORCH_CUDA_ARCH_LIST=7.5" in podman
+    base, evaluation = build_commands("dgx-spark", "buildah", evaluation=True)
+    assert base[:2] == ["buildah", "build"] and "linux/arm64" in base
+    assert evaluation[evaluation.index("-t") + 1] == image_tag("dgx-spark", evaluation=True)
+    assert "TARGET_IMAGE=llm-tuner:dgx-spark" in evaluation
+
+
+@pytest.fixture
+def fake_docker(tmp_path) -> tuple[Path, dict[str, str]]:
+    """A stand-in for the Docker CLI (no engine runs here): it answers `info` and records
+    every other call's arguments as one JSON line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.jsonl"
+    script = bin_dir / "docker"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "if sys.argv[1:2] != ['info']:\n"
+        f"    open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TUNER_IMAGE"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["TUNER_RUNS"] = str(tmp_path / "runs")
+    env["HF_TOKEN"] = "hf_value_that_must_not_appear"
+    return log, env
+
+
+def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker):
+    log, env = fake_docker
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "train", "math", "a100", "lora_r=32"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    [args] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert args[:2] == ["run", "--rm"]
+    assert args[args.index("--gpus") + 1] == "all" and "--ipc=host" in args
+    volumes = [args[i + 1] for i, a in enumerate(args) if a == "-v"]
+    assert f"{ROOT}:/workspace" in volumes
+    assert any(v.endswith(":/home/tuner/.cache/huggingface") for v in volumes)
+    passed = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+    assert "HF_TOKEN" in passed and all("=" not in name for name in passed)
+    assert "hf_value_that_must_not_appear" not in json.dumps(args) + done.stdout + done.stderr
+    image = args.index("llm-tuner:a100")
+    assert args[image + 1 :] == ["train", "math", "a100", "lora_r=32"]
+
+
+def test_inside_the_image_train_runs_axolotl_directly(fake_docker):
+    log, env = fake_docker
+    env["TUNER_IMAGE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "train", "math", "a100"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # No docker call: it went on to the machine check (this machine has no GPU).
+    assert not log.exists()
+    assert done.returncode == 2 and "no CUDA GPU" in done.stderr
+
+
+def test_doctor_reports_the_machine_and_never_a_token_value(fake_docker):
+    _, env = fake_docker
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "doctor"],
+        cwd=ROOT,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "code sandbox" in done.stdout and "namespaces" in done.stdout
+    assert "HF_TOKEN" in done.stdout and "hf_value_that_must_not_appear" not in done.stdout
+    assert "none (CUDA not available)" in done.stdout

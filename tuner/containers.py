@@ -1,0 +1,124 @@
+"""The image of each hardware target (containers/targets.yaml): building it with
+whatever engine this machine has, and running `just train` inside it.
+
+`just train TASK HW` on a GPU target goes into the target's image when Docker is here
+and this process is not already in an image (the images set TUNER_IMAGE=1: a cloud pod
+started from the image, or a `docker run` shell, trains directly). The container gets
+the GPUs, host IPC (PyTorch's data loaders and NCCL need more than Docker's 64 MB of
+shared memory), the checkout at /workspace and the Hugging Face cache; tokens pass by
+name only (`-e HF_TOKEN`), so their values appear in no command line or log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.errors import TunerError
+from tuner.project import ROOT
+
+TARGETS = ROOT / "containers" / "targets.yaml"
+WORKSPACE = "/workspace"
+CONTAINER_HOME = "/home/tuner"
+# Secrets and settings passed through from the caller's environment, by name.
+PASSED_BY_NAME = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "WANDB_MODE")
+ENGINES = ("docker", "podman", "buildah")
+
+
+def load_targets() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(TARGETS.read_text())
+
+
+def image_tag(hardware: str, evaluation: bool = False) -> str:
+    return f"llm-tuner:{hardware}" + ("-eval" if evaluation else "")
+
+
+def in_image() -> bool:
+    return os.environ.get("TUNER_IMAGE") == "1"
+
+
+def build_engine() -> str:
+    for engine in ENGINES:
+        if shutil.which(engine):
+            return engine
+    raise TunerError(
+        "No container engine here: install Docker, or podman/buildah "
+        "(`apt-get install podman buildah` on Debian and Ubuntu)."
+    )
+
+
+def build_commands(hardware: str, engine: str, evaluation: bool = False) -> list[list[str]]:
+    targets = load_targets()
+    if hardware not in targets:
+        raise TunerError(f"No image for '{hardware}' in {TARGETS}. Targets: {', '.join(targets)}.")
+    target = targets[hardware]
+    verb = ["buildah", "build"] if engine == "buildah" else [engine, "build"]
+    command = [*verb, "-f", target["dockerfile"], "-t", image_tag(hardware)]
+    if target.get("platform"):
+        command += ["--platform", target["platform"]]
+    for key, value in (target.get("args") or {}).items():
+        command += ["--build-arg", f"{key}={value}"]
+    commands = [[*command, "."]]
+    if evaluation:
+        commands.append(
+            [
+                *verb,
+                "-f",
+                "containers/eval.Dockerfile",
+                "-t",
+                image_tag(hardware, evaluation=True),
+                "--build-arg",
+                f"TARGET_IMAGE={image_tag(hardware)}",
+                ".",
+            ]
+        )
+    return commands
+
+
+def build(hardware: str, evaluation: bool) -> list[str]:
+    """Build the target's image (and the evaluation image on top); the tags built."""
+    engine = build_engine()
+    for command in build_commands(hardware, engine, evaluation):
+        print("$ " + " ".join(command), flush=True)
+        if subprocess.run(command, cwd=ROOT).returncode != 0:
+            raise TunerError(f"`{' '.join(command)}` failed; its output above says why.")
+    return [image_tag(hardware)] + ([image_tag(hardware, True)] if evaluation else [])
+
+
+def should_dispatch() -> bool:
+    """Docker is here and its daemon answers, and this is not already an image."""
+    if in_image() or shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def hf_cache() -> Path:
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+
+
+def run_command(hardware: str, arguments: list[str]) -> list[str]:
+    """`docker run` of `just ARGUMENTS` in the target's image."""
+    command = ["docker", "run", "--rm", "--gpus", "all", "--ipc=host"]
+    command += ["--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
+    command += ["-v", f"{ROOT}:{WORKSPACE}"]
+    command += ["-v", f"{hf_cache()}:{CONTAINER_HOME}/.cache/huggingface"]
+    for name in PASSED_BY_NAME:
+        command += ["-e", name]
+    return [*command, image_tag(hardware), *arguments]
+
+
+def run_in_image(hardware: str, arguments: list[str]) -> None:
+    command = run_command(hardware, arguments)
+    print("$ " + " ".join(command), flush=True)
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code != 0:
+        raise TunerError(
+            f"Training in the {image_tag(hardware)} image failed (exit code {code}). "
+            f"If the image is missing, build it first: `just build {hardware}`."
+        )
