@@ -15,7 +15,7 @@ default:
 setup:
     @bash scripts/bootstrap.sh
 
-# Train the instruction recipe on CPU with the embedded model and compare answers
+# Train the instruction recipe on CPU with the embedded model, then evaluate base vs tuned
 demo *overrides: setup
     {{python}} -m tuner demo "$@"
 

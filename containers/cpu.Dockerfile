@@ -3,6 +3,12 @@
 ARG DEBIAN_BASE=debian:bookworm
 FROM ${DEBIAN_BASE}
 
+# For a build behind a proxy that cannot reach PyTorch's own index: a folder holding
+# the CPU wheel of torch and a CA bundle, each passed with a read-only volume (see
+# tests/test_image.py). Unset, pip uses its defaults.
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \

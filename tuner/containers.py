@@ -57,7 +57,10 @@ def build_commands(hardware: str, engine: str, evaluation: bool = False) -> list
     if hardware not in targets:
         raise TunerError(f"No image for '{hardware}' in {TARGETS}. Targets: {', '.join(targets)}.")
     target = targets[hardware]
-    verb = ["buildah", "build"] if engine == "buildah" else [engine, "build"]
+    verb = [engine, "build"]
+    if engine != "docker":
+        # The OCI format drops SHELL (the Dockerfiles' pipefail); Docker's keeps it.
+        verb += ["--format", "docker"]
     command = [*verb, "-f", target["dockerfile"], "-t", image_tag(hardware)]
     if target.get("platform"):
         command += ["--platform", target["platform"]]

@@ -1,0 +1,86 @@
+"""The cpu image, really built and run: buildah builds containers/cpu.Dockerfile on a
+Debian base made here with debootstrap (no registry can be reached), and podman runs
+`just --list` and one training step of the instruction recipe inside it.
+
+About 12 minutes, most of it pip inside the build and the vfs storage driver copying
+the 8 GB image; .ci/run installs buildah, podman, runc and debootstrap first. Where
+they are missing the test says so and is skipped."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tuner.project import ROOT
+
+pytestmark = pytest.mark.slow
+
+TOOLS = ("buildah", "podman", "runc", "debootstrap")
+# Where this machine's pip finds the CPU wheel of torch and its CA bundle: the build
+# sees them read-only (tuner's bootstrap would otherwise pull torch's CUDA build).
+WHEELS = Path("/opt/wheels")
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def run(command: list[str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install {' '.join(TOOLS)})")
+    root = tmp_path_factory.mktemp("containers")
+    return [
+        "--root",
+        str(root / "storage"),
+        "--runroot",
+        str(root / "run"),
+        "--storage-driver",
+        "vfs",
+    ]
+
+
+@pytest.fixture(scope="module")
+def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
+    base = tmp_path_factory.mktemp("debian")
+    rootfs = base / "rootfs"
+    done = run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)], 900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    tarball = base / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+    done = run(["podman", *storage, "import", str(tarball), "localhost/debian:bookworm"], 600)
+    assert done.returncode == 0, done.stderr
+    build = ["buildah", *storage, "build", "--pull=never", "--isolation", "chroot"]
+    build += ["--format", "docker", "-f", "containers/cpu.Dockerfile", "-t", "llm-tuner:cpu"]
+    build += ["--build-arg", "DEBIAN_BASE=localhost/debian:bookworm"]
+    if WHEELS.is_dir():
+        build += ["--build-arg", f"PIP_FIND_LINKS={WHEELS}", "--volume", f"{WHEELS}:{WHEELS}:ro"]
+    if CA_BUNDLE.is_file():
+        build += ["--build-arg", "PIP_CERT=/etc/host-ca.crt"]
+        build += ["--volume", f"{CA_BUNDLE}:/etc/host-ca.crt:ro"]
+    done = subprocess.run(
+        [*build, str(ROOT)], capture_output=True, text=True, timeout=2400, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return "localhost/llm-tuner:cpu"
+
+
+def test_the_cpu_image_lists_the_recipes_and_trains_a_step(storage, cpu_image):
+    # runc, and explicit ulimits: crun and podman's default ulimits fail on this
+    # machine's hybrid cgroups (see HARDWARE.md).
+    command = ["podman", *storage, "--runtime", "runc", "run", "--rm"]
+    command += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+    command += ["--entrypoint", "bash", cpu_image, "-c"]
+    command += ["id -un && just --list && just train instruction cpu max_steps=1 save_steps=1"]
+    done = run(command, 1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.stdout.splitlines()[0] == "tuner"
+    assert "train task hw *overrides" in done.stdout
+    assert "Done. Adapter, config, logs and manifest.json in /workspace/runs/instruction-cpu" in (
+        done.stdout
+    )
