@@ -47,6 +47,12 @@ def test_matching_card_passes():
     check_machine("a100", profile("a100"), [A100])
 
 
+def test_a_card_with_the_right_architecture_but_less_memory_is_refused():
+    a30 = DetectedGpu("NVIDIA A30", "8.0", 23.5)  # Ampere sm_80 like the A100, 24 GB
+    with pytest.raises(TunerError, match=r"plans for 40 GiB per card; NVIDIA A30 has 23\.5"):
+        check_machine("a100", profile("a100"), [a30])
+
+
 def test_a_broken_profile_names_the_file():
     with pytest.raises(TunerError, match=r"recipes/hardware/x.yaml: `tuner.gpu`"):
         gpu_profile(

@@ -93,3 +93,12 @@ def check_machine(hardware: str, profile: GpuProfile, found: list[DetectedGpu]) 
             "Its precision, attention and batch settings would not hold here: pick the "
             "overlay for this card (`just validate` lists them)."
         )
+    # Cards report a little under their nominal size (a 24 GB RTX 4090: 23.6 GiB).
+    small = [g for g in found[: profile.count] if g.memory_gib < 0.9 * profile.memory_gib]
+    if small:
+        raise TunerError(
+            f"The '{hardware}' overlay plans for {profile.memory_gib:g} GiB per card; "
+            f"{small[0].name} has {small[0].memory_gib:.1f} GiB. Its batch and sequence "
+            f"settings would run out of memory: `just plan TASK {hardware} "
+            "micro_batch_size=…` shows what fits."
+        )
