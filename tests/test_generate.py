@@ -135,13 +135,24 @@ def test_vllm_generation_killed_mid_run_resumes_to_exactly_n_unique_records(tmp_
 
 
 @pytest.mark.slow
-def test_the_transformers_fallback_generates_well_formed_records(tmp_path: Path):
-    """One record: transformers is the slow path (the vLLM test above checks counts)."""
+def test_two_workers_share_one_output_through_the_transformers_fallback(tmp_path: Path):
+    """Data-parallel generation as on a multi-GPU machine (one process per GPU, each
+    with its worker number), here with transformers, the path where vLLM cannot run.
+    n=9 makes two chunks of the cpu preset (8 + 1): worker 1 writes the second and
+    leaves the output to whoever finishes last; worker 0 writes the first and
+    assembles the whole."""
     out = tmp_path / "code.jsonl"
-    done = run_infer("generate", "code", "n=3", f"out={out}", "backend=transformers", data=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
+    args = ("generate", "code", "n=9", f"out={out}", "backend=transformers", "workers=2")
+    second = run_infer(*args, "worker=1", data=tmp_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "1 chunk(s) of other workers are still missing" in second.stdout + second.stderr
+    parts = out.with_suffix(".parts")
+    assert (parts / "chunk-000001.jsonl").is_file() and not (parts / "chunk-000000.jsonl").exists()
+    assert not out.exists()
+    first = run_infer(*args, "worker=0", data=tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
     records = read_records(out, Conversation)
-    assert len(records) == 3
+    assert len(records) == 9 and len({r.meta["id"] for r in records}) == 9
     assert all(r.meta["backend"] == "transformers" for r in records)
     assert all(r.messages[0].content.strip() and r.messages[1].content.strip() for r in records)
     assert "coding assistant" in records[0].meta["system_prompt"]
