@@ -16,7 +16,7 @@ from tuner.evaluate import suites
 from tuner.evaluate.compare import compare, markdown_table, paired_stderr
 from tuner.evaluate.diversity import distinct_n, distinct_n_with_stderr
 from tuner.evaluate.report import write_report
-from tuner.evaluate.scoring import rouge_scores, tool_call_scores
+from tuner.evaluate.scoring import tool_call_scores
 from tuner.recipes import load_task, task_names
 
 # ---- suites -------------------------------------------------------------------------
@@ -129,9 +129,19 @@ def test_tool_calls_are_scored_for_validity_name_and_exact_arguments():
 
 
 def test_rouge_of_a_copy_is_one_and_of_unrelated_text_near_zero():
-    reference = "Volunteers planted five thousand trees to reduce flooding."
-    assert rouge_scores(reference, reference) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
-    assert rouge_scores(reference, "The cat sat on the mat.")["rouge1"] < 0.1
+    """In the inference environment, where lm-eval scores with it: rouge_score imports
+    absl's logging, whose handler would keep this process's captured stderr after the
+    test closes it (and break Axolotl's logging in later tests)."""
+    script = (
+        "import json; from tuner.evaluate.scoring import rouge_scores; "
+        "r = 'Volunteers planted five thousand trees to reduce flooding.'; "
+        "print(json.dumps([rouge_scores(r, r), rouge_scores(r, 'The cat sat on the mat.')]))"
+    )
+    done = run_infer("-c", script, module=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    same, unrelated = json.loads(done.stdout.strip().splitlines()[-1])
+    assert same == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert unrelated["rouge1"] < 0.1
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_answers():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def run(command: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def storage(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (apt-get install {' '.join(TOOLS)})")
