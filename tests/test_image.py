@@ -4,7 +4,8 @@ Debian base made here with debootstrap (no registry can be reached), and podman 
 
 About 12 minutes, most of it pip inside the build and the vfs storage driver copying
 the 8 GB image; .ci/run installs buildah, podman, runc and debootstrap first. Where
-they are missing the test says so and is skipped."""
+they are missing, or the disk has too little room for vfs's copies, the test says so
+and is skipped."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ TOOLS = ("buildah", "podman", "runc", "debootstrap")
 # sees them read-only (tuner's bootstrap would otherwise pull torch's CUDA build).
 WHEELS = Path("/opt/wheels")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The build ran out of disk with 31 GiB free and succeeded with more (about 40 GiB).
+# The margin above that allows for the podman run of the image.
+NEEDED_GIB = 50
 
 
 def run(command: list[str], timeout: int) -> subprocess.CompletedProcess:
@@ -36,6 +40,12 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (apt-get install {' '.join(TOOLS)})")
     root = tmp_path_factory.mktemp("containers")
+    free = shutil.disk_usage(root).free / 2**30
+    if free < NEEDED_GIB:
+        pytest.skip(
+            f"needs about {NEEDED_GIB} GiB of free disk (vfs keeps full copies of the 8 GB "
+            f"image while committing it); {free:.0f} GiB free"
+        )
     options = ["--root", str(root / "storage"), "--runroot", str(root / "run")]
     options += ["--storage-driver", "vfs"]
     yield options
