@@ -4,8 +4,10 @@ tests, which run in the training environment: as the Justfile does, a subprocess
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tuner.environments import INFER_PYTHON, subprocess_env
 from tuner.project import ROOT
@@ -22,6 +24,13 @@ def infer_env(data: Path | None = None, runs: Path | None = None) -> dict[str, s
 
 def tuner_command(*args: str) -> list[str]:
     return [str(INFER_PYTHON), "-m", "tuner", *args]
+
+
+def infer_json(script: str) -> Any:
+    """Run a Python script in the inference environment; the JSON it prints last."""
+    done = run_infer("-c", script, module=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_infer(

@@ -3,14 +3,13 @@ runs of lm-eval on the embedded model are in test_end_to_end.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 
 import pytest
 import yaml
 
-from tests.infer_env import run_infer
+from tests.infer_env import infer_json, run_infer
 from tuner.errors import TunerError
 from tuner.evaluate import suites
 from tuner.evaluate.compare import compare, markdown_table, paired_stderr
@@ -50,9 +49,7 @@ def test_lm_eval_knows_every_benchmark_of_every_suite():
         "from tuner.evaluate.suites import TASKS_DIR; "
         "print(json.dumps(sorted(TaskManager(include_path=str(TASKS_DIR)).all_tasks)))"
     )
-    done = run_infer("-c", script, module=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    known = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    known = set(infer_json(script))
     for name in suites.suite_names():
         suite = suites.load_suite(name)
         for benchmark in suite.full.benchmarks + suite.local.benchmarks:
@@ -137,9 +134,7 @@ def test_rouge_of_a_copy_is_one_and_of_unrelated_text_near_zero():
         "r = 'Volunteers planted five thousand trees to reduce flooding.'; "
         "print(json.dumps([rouge_scores(r, r), rouge_scores(r, 'The cat sat on the mat.')]))"
     )
-    done = run_infer("-c", script, module=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    same, unrelated = json.loads(done.stdout.strip().splitlines()[-1])
+    same, unrelated = infer_json(script)
     assert same == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert unrelated["rouge1"] < 0.1
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from tuner.project import ROOT
+from tuner.project import ROOT, local_file
 
 LIBRARIES = (
     "llm-tuner-recipes",
@@ -63,8 +62,8 @@ def dataset_fingerprints(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]
     out = []
     for entry in datasets:
         path = str(entry.get("path", ""))
-        local = (ROOT / path) if not os.path.isabs(path) else Path(path)
-        if local.is_file():
+        local = local_file(path)
+        if local is not None:
             out.append({"path": path, "sha256": sha256_file(local)})
         else:
             out.append(

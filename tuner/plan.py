@@ -25,8 +25,8 @@ from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
 from tuner.memory import GIB, Architecture, MemoryEstimate, Training, architecture_for, estimate
 from tuner.options import parse_options, positive_int
-from tuner.project import ROOT
-from tuner.recipes import ComposedRecipe, compose, hardware_names, parse_overrides, task_names
+from tuner.project import ROOT, local_file
+from tuner.recipes import ComposedRecipe, compose, hardware_names, task_names
 
 # Characters per token when a local dataset is sized without its model's tokenizer.
 CHARS_PER_TOKEN = 4.0
@@ -82,12 +82,8 @@ def model_for(recipe: ComposedRecipe) -> str:
 
 
 def local_files(config: dict[str, Any]) -> list[Path]:
-    files = []
-    for dataset in config.get("datasets") or []:
-        path = ROOT / str(dataset.get("path", ""))
-        if path.is_file():
-            files.append(path)
-    return files
+    found = (local_file(str(d.get("path", ""))) for d in config.get("datasets") or [])
+    return [path for path in found if path is not None]
 
 
 def workload_for(recipe: ComposedRecipe, rows: int | None, tokens_per_row: int | None) -> Workload:
@@ -140,7 +136,9 @@ def flops_per_token(arch: Architecture, training: Training, sequence: float) -> 
     return forward * passes
 
 
-def suggestions(arch: Architecture, training: Training, limit: float) -> list[str]:
+def suggestions(
+    arch: Architecture, training: Training, limit: float, cuda_context_gib: float
+) -> list[str]:
     """Overrides, applied one after another in this order, until the estimate fits."""
     steps: list[tuple[str, Training]] = []
     current = training
@@ -163,7 +161,7 @@ def suggestions(arch: Architecture, training: Training, limit: float) -> list[st
     chosen = []
     for override, candidate in steps:
         chosen.append(override)
-        if estimate(arch, candidate).total <= limit:
+        if estimate(arch, candidate, cuda_context_gib).total <= limit:
             return chosen
     return [*chosen, "nothing above fits: a card with more memory, or more GPUs with ZeRO-3"]
 
@@ -172,7 +170,6 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
     plan_args = [a for a in arguments if a.split("=", 1)[0] in PLAN_OPTIONS]
     options = parse_options(plan_args, PLAN_OPTIONS, "plan")
     overrides = [a for a in arguments if a not in plan_args]
-    parse_overrides(overrides)  # a malformed override fails here, with its message
     recipe = compose(task, hardware, overrides)
     config = recipe.config
     profile: GpuProfile | None = gpu_profile(recipe.meta, hardware)
@@ -180,7 +177,8 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
     model = model_for(recipe)
     arch = architecture_for(model)
     training = Training.from_config(config, gpus)
-    memory = estimate(arch, training, cuda_context_gib=0.5 if profile else 0.0)
+    context_gib = 0.5 if profile else 0.0
+    memory = estimate(arch, training, context_gib)
     card_gib = profile.memory_gib if profile else host_memory_gib()
     fits = memory.total <= card_gib * GIB * HEADROOM
     workload = workload_for(recipe, options["rows"], options["tokens_per_row"])
@@ -195,7 +193,7 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
         hours = flops / (profile.peak_tflops * 1e12 * gpus * utilisation) / 3600
         price = price if price is not None else profile.price_per_hour
         cost = hours * price if price is not None else None
-    advice = [] if fits else suggestions(arch, training, card_gib * GIB * HEADROOM)
+    advice = [] if fits else suggestions(arch, training, card_gib * GIB * HEADROOM, context_gib)
     return Plan(
         task=task,
         hardware=hardware,

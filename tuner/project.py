@@ -31,6 +31,13 @@ def run_dir(task: str, hardware: str) -> Path:
     return runs_dir() / f"{task}-{hardware}"
 
 
+def local_file(path: str) -> Path | None:
+    """A dataset path of a config as a local file (relative paths from the repository
+    root, where Axolotl runs), or None for a hub dataset."""
+    candidate = ROOT / path
+    return candidate if path and candidate.is_file() else None
+
+
 def portable(path: Path) -> str:
     """A path as written into a composed config: relative to the repository root when
     it lies inside it (so the config works from any clone, run from the root), else

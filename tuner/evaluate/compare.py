@@ -38,12 +38,18 @@ class Row:
         return asdict(self)
 
 
+def mean_stderr(values: list[float]) -> float | None:
+    """The standard error of the mean of `values` (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
 def paired_stderr(base: dict[str, float], tuned: dict[str, float]) -> float | None:
     shared = sorted(set(base) & set(tuned))
-    if len(shared) < 2 or len(shared) != len(base) or len(shared) != len(tuned):
+    if len(shared) != len(base) or len(shared) != len(tuned):
         return None
-    differences = [tuned[d] - base[d] for d in shared]
-    return statistics.stdev(differences) / math.sqrt(len(differences))
+    return mean_stderr([tuned[d] - base[d] for d in shared])
 
 
 def combined_stderr(first: float | None, second: float | None) -> float | None:

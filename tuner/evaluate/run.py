@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ import yaml
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.evaluate.compare import compare, markdown_table, rich_table
+from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
 from tuner.evaluate.diversity import distinct_n_with_stderr
 from tuner.evaluate.harness import (
+    BACKENDS,
     Engine,
     ModelUnderTest,
     check_backend,
@@ -48,7 +50,7 @@ LABELS = ("base", "tuned")
 
 OPTIONS = {
     "limit": (positive_int, None),
-    "backend": (choice("vllm", "hf"), None),
+    "backend": (choice(*BACKENDS), None),
     "variant": (choice(*VARIANTS), None),
     "only": (choice("base", "tuned"), None),
 }
@@ -84,9 +86,10 @@ def local_path(name: str) -> str:
     return str(candidate.resolve()) if name.startswith(".") or candidate.exists() else name
 
 
-def models_under_test(task: str, hardware: str, only: str | None) -> list[ModelUnderTest]:
+def models_under_test(
+    task: str, hardware: str, config: dict[str, Any], only: str | None
+) -> list[ModelUnderTest]:
     run = run_dir(task, hardware)
-    config = run_config(task, hardware)
     base_model = local_path(str(config["base_model"]))
     if Path(base_model) == embedded_model_dir().resolve():
         ensure_embedded_model()
@@ -220,7 +223,7 @@ def add_judge_scores(
     chosen = suite.variant(variant)
     for benchmark in (b for b in chosen.benchmarks if b.judge):
         pending = {
-            label: [*responses([eval_dir / label / f for f in r["folders"]], benchmark.task)]
+            label: responses([eval_dir / label / f for f in r["folders"]], benchmark.task)
             for label, r in results.items()
             if "judge_score" not in r["tasks"].get(benchmark.task, {}).get("metrics", {})
         }
@@ -230,15 +233,9 @@ def add_judge_scores(
         scores = judge_answers(chosen.judge, pending, suite.settings.seed, console)
         for label, by_doc in scores.items():
             values = list(by_doc.values())
-            mean = sum(values) / len(values)
-            stderr = (
-                (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
-                if len(values) > 1
-                else None
-            )
             results[label]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
-                "value": mean,
-                "stderr": stderr,
+                "value": statistics.fmean(values),
+                "stderr": mean_stderr(values),
                 "higher_is_better": True,
                 "per_sample": by_doc,
                 "judge": chosen.judge.model_dump(),
@@ -250,7 +247,7 @@ def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console
     suite_name, suite, variant = suite_for(task, hardware, options["variant"])
     backend = check_backend(options["backend"] or default_backend())
     config = run_config(task, hardware)
-    models = models_under_test(task, hardware, options["only"])
+    models = models_under_test(task, hardware, config, options["only"])
     engine = engine_for(config, backend)
     settings = shared_settings(suite_name, suite, variant, engine, models[0].tokenizer)
     if options["limit"] is not None:

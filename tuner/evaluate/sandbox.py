@@ -65,7 +65,7 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    status: str  # passed | failed | timeout | error
+    status: str  # passed | failed | timeout
     returncode: int | None
     output: str
 

@@ -12,7 +12,7 @@ from tuner.errors import TunerError
 from tuner.generate import magpie, templates
 from tuner.generate.backends import BACKENDS, open_backend
 from tuner.models import EMBEDDED, resolve_model
-from tuner.options import parse_options, positive_int
+from tuner.options import choice, parse_options, positive_int
 from tuner.project import data_dir
 from tuner.recipes import task_names
 
@@ -21,7 +21,7 @@ OPTIONS = {
     "model": (str, EMBEDDED),
     "preset": (str, None),
     "template": (str, None),
-    "backend": (str, "auto"),
+    "backend": (choice(*BACKENDS), "auto"),
     "seed": (int, 42),
     "turns": (positive_int, None),
     "out": (Path, None),
@@ -35,8 +35,6 @@ def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, 
     if task not in task_names():
         raise TunerError(f"Unknown task '{task}'. Tasks: {', '.join(task_names())}.")
     options = parse_options(option_pairs, OPTIONS, "generate")
-    if options["backend"] not in BACKENDS:
-        raise TunerError(f"backend={options['backend']}: choose one of {', '.join(BACKENDS)}.")
     if not 0 <= options["worker"] < options["workers"]:
         raise TunerError(f"worker={options['worker']} must lie in 0…workers-1.")
     # The embedded default runs on CPU: its preset keeps a test or demo to seconds.
