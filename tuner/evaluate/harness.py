@@ -96,8 +96,9 @@ def lm_eval_command(
     command += ["--output_path", str(out), "--log_samples"]
     if settings.apply_chat_template:
         command.append("--apply_chat_template")
-    if settings.fewshot_as_multiturn:
-        command.append("--fewshot_as_multiturn")
+    # lm-eval turns this on with the chat template unless told otherwise: it is said
+    # either way, so the setting recorded with the results is the one that ran.
+    command += ["--fewshot_as_multiturn", str(settings.fewshot_as_multiturn).lower()]
     if num_fewshot is not None:
         command += ["--num_fewshot", str(num_fewshot)]
     if settings.limit is not None:
