@@ -133,11 +133,11 @@ def markdown_table(rows: list[Row]) -> str:
 
 def rich_table(rows: list[Row], title: str) -> Table:
     table = Table(title=title)
-    for header in HEADERS:
-        if header in ("task", "metric"):
-            table.add_column(header, no_wrap=True)
-        else:
-            table.add_column(header, justify="right")
+    # Fits 80 columns: long task names fold, a value wraps before its "± error".
+    table.add_column("task", max_width=14, overflow="fold")
+    table.add_column("metric", no_wrap=True)
+    for header in HEADERS[2:]:
+        table.add_column(header, justify="right", min_width=8)
     for row in rows:
         table.add_row(*cells(row))
     return table
