@@ -1,8 +1,10 @@
 """The code sandbox: hostile programs are contained and scored as failures, HumanEval's
-canonical solutions pass, and one hang or crash does not stop the others."""
+canonical solutions and the MBPP fixtures' reference code pass, and one hang or crash
+does not stop the others."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -109,6 +111,23 @@ def test_answers_in_a_code_block_replace_the_stub_and_wrong_ones_fail():
     assert check_answer(problem, whole).passed
     wrong = "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```"
     assert not check_answer(problem, wrong).passed
+
+
+def test_mbpp_reference_code_passes_its_asserts_and_wrong_code_fails():
+    problems = [
+        json.loads(line)
+        for line in (ROOT / "evaluate/fixtures/mbpp.jsonl").read_text().splitlines()
+    ]
+    assert len(problems) >= 10
+    failures = [
+        p["task_id"] for p in problems if not check_answer(p, f"```python\n{p['code']}\n```").passed
+    ]
+    assert failures == []
+    uses_import = next(p for p in problems if p["test_imports"])
+    program = program_for(uses_import, uses_import["code"])
+    assert program.startswith(uses_import["test_imports"][0])
+    wrong = "def digit_sum(n):\n    return n"
+    assert not check_answer(problems[0], wrong).passed
 
 
 def test_one_hang_does_not_stop_the_next_program():

@@ -36,7 +36,8 @@ def humaneval_problems(**_: Any) -> Any:
 
 
 def code_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """pass@1: the answer's code with the problem's tests, run in the sandbox."""
+    """pass@1: the answer's code with the problem's tests (HumanEval or MBPP), run in
+    the sandbox."""
     return {"pass@1": float(check_answer(doc, results[0]).passed)}
 
 
