@@ -25,7 +25,8 @@ from tuner.manifest import sha256_file
 from tuner.project import ROOT
 from tuner.records import Conversation, PreferencePair, read_records, write_records
 
-pytestmark = pytest.mark.slow
+# One group: the tests share the module's copy (`demo`), so they run on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 
 def copy_working_tree(target: Path) -> None:
@@ -218,37 +219,6 @@ def test_eval_of_the_code_suite_runs_the_answers_in_the_sandbox(demo):
         assert len(passed) == 2 and set(passed.values()) <= {0.0, 1.0}
     perplexity = results["tasks"]["tuner_perplexity_code"]["metrics"]["word_perplexity"]
     assert perplexity["value"] > 1.0
-
-
-def test_every_local_benchmark_runs_on_the_embedded_model(tmp_path):
-    """Every project task of every suite's local variant, one document each, in one call
-    of the command `just eval` builds (hf backend, chat template): each reports a number
-    for each of its metrics. The demo and the tests above run some suites whole."""
-    from tuner.environments import INFER_PYTHON
-    from tuner.evaluate.harness import Engine, ModelUnderTest, lm_eval_command, read_results
-    from tuner.evaluate.suites import load_suite, suite_names
-    from tuner.models import ensure_embedded_model
-
-    tasks = sorted({b.task for name in suite_names() for b in load_suite(name).local.benchmarks})
-    settings = load_suite("instruction").settings.model_copy(update={"limit": 1})
-    model = str(ensure_embedded_model())
-    command = lm_eval_command(
-        Engine("hf", "bfloat16", cpu=True),
-        ModelUnderTest("base", model, model),
-        tasks,
-        None,
-        settings,
-        tmp_path / "out",
-    )
-    command[0] = str(INFER_PYTHON)
-    env = {**clean_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = read_results([tmp_path / "out"])
-    assert sorted(results) == tasks
-    for task, result in results.items():
-        assert result["samples"] == 1 and result["metrics"], task
-        assert all(m["value"] == m["value"] for m in result["metrics"].values()), task
 
 
 def test_instruction_run_loss_falls_and_the_adapter_is_saved(demo):

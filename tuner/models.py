@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import tempfile
 from pathlib import Path
 
 from tuner.errors import TunerError
@@ -50,10 +51,14 @@ def gguf_path() -> Path:
     return path
 
 
+def is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def ensure_embedded_model() -> Path:
     """Return the Hugging Face folder of the embedded default, converting it on first use."""
     target = embedded_model_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if is_converted(target):
         return target
 
     import torch
@@ -74,11 +79,19 @@ def ensure_embedded_model() -> Path:
         config.pad_token_id = tokenizer.pad_token_id
 
     # Write beside the target and rename, so an interrupted conversion leaves no
-    # half-written folder that the check above would take for a finished one.
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    # half-written folder that the check above would take for a finished one, and two
+    # processes converting at once (parallel tests, data-parallel workers) each write
+    # their own copy: the first rename wins, the other copy is dropped.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=target.parent))
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    if target.exists() and not is_converted(target):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not is_converted(target):
+            raise
     return target
