@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,49 @@ def test_hostile_programs_are_contained_and_fail(name, planted_secret):
     assert "hf_planted" not in result.output
     assert not OUTSIDE.exists()
     assert not Path("/tmp/sandbox-escape.txt").exists()
+
+
+FORKS_AND_COUNTS = (
+    "import os, time\n"
+    "started = 0\n"
+    "for _ in range(200):\n"
+    "    try:\n"
+    "        if os.fork() == 0:\n"
+    "            time.sleep(30)\n"
+    "            os._exit(0)\n"
+    "        started += 1\n"
+    "    except OSError:\n"
+    "        break\n"
+    "print('started', started)\n"
+)
+AS_A_USER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["TUNER_SANDBOX"] = "rlimits"
+from tuner.evaluate.sandbox import SandboxLimits, run_python
+print(run_python(sys.argv[2], SandboxLimits(wall_seconds=5.0, processes=16)).output)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").is_file(),
+    reason="drops from root to nobody with setpriv, running the system's python3",
+)
+def test_without_namespaces_an_unprivileged_user_still_gets_the_process_cap():
+    """TUNER_SANDBOX=rlimits as `nobody`, who can make neither namespaces' prlimit nor a
+    cgroup apply: RLIMIT_NPROC over the user's running tasks caps the forks. (The
+    system's python: this environment's interpreter may live in root's home.)"""
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    done = subprocess.run(
+        [*as_nobody, "/usr/bin/python3", "-I", "-c", AS_A_USER, str(ROOT), FORKS_AND_COUNTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/tmp",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    started = int(done.stdout.split()[-1])
+    assert 0 < started < 16
 
 
 def test_a_program_may_use_its_own_directory():

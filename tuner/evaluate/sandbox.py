@@ -16,7 +16,8 @@ How, on Linux without Docker:
 - an environment with nothing but PATH, HOME and LANG; Python started isolated (`-I`).
 
 Where namespaces are not allowed (an unprivileged container), the sandbox refuses to
-run code unless TUNER_SANDBOX=rlimits is set, which keeps the limits, the empty
+run code unless TUNER_SANDBOX=rlimits is set, which keeps the limits (the process cap
+as RLIMIT_NPROC over the user's running tasks, or the cgroup as root), the empty
 environment and the directory but not the network and file-system isolation.
 """
 
@@ -157,10 +158,26 @@ def remove_cgroup(group: Path, seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def set_limits(limits: SandboxLimits, cgroup: Path | None) -> None:
-    """Runs in the child between fork and exec."""
+def user_tasks(uid: int) -> int:
+    """The processes and threads of `uid` now: what RLIMIT_NPROC counts against."""
+    tasks = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            if int(fields["Uid"].split()[0]) == uid:
+                tasks += int(fields["Threads"])
+    return tasks
+
+
+def set_limits(limits: SandboxLimits, cgroup: Path | None, nproc: int | None) -> None:
+    """Runs in the child between fork and exec. `nproc`: RLIMIT_NPROC, where neither a
+    namespace (prlimit inside it) nor a cgroup caps the processes."""
     if cgroup is not None:
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     seconds = int(limits.wall_seconds) + 1
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
@@ -183,15 +200,24 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
             command += [str(limits.processes), *python]
         else:
             command = python
-        return execute(command, env, work, limits)
+        return execute(command, env, work, limits, in_namespaces=mode == "namespaces")
 
 
 def execute(
-    command: list[str], env: dict[str, str], work: str, limits: SandboxLimits
+    command: list[str],
+    env: dict[str, str],
+    work: str,
+    limits: SandboxLimits,
+    in_namespaces: bool,
 ) -> SandboxResult:
     cgroup = pids_cgroup(limits.processes)
+    # RLIMIT_NPROC counts every process of the user: the cap is what runs now plus the
+    # program's allowance.
+    nproc = None
+    if cgroup is None and not in_namespaces:
+        nproc = user_tasks(os.getuid()) + limits.processes
     try:
-        return supervise(command, env, work, limits, cgroup)
+        return supervise(command, env, work, limits, cgroup, nproc)
     finally:
         if cgroup is not None:
             remove_cgroup(cgroup)
@@ -203,6 +229,7 @@ def supervise(
     work: str,
     limits: SandboxLimits,
     cgroup: Path | None,
+    nproc: int | None,
 ) -> SandboxResult:
     process = subprocess.Popen(
         command,
@@ -212,7 +239,7 @@ def supervise(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=functools.partial(set_limits, limits, cgroup),
+        preexec_fn=functools.partial(set_limits, limits, cgroup, nproc),
     )
     try:
         output, _ = process.communicate(timeout=limits.wall_seconds)
