@@ -25,8 +25,7 @@ from tuner.manifest import sha256_file
 from tuner.project import ROOT
 from tuner.records import Conversation, PreferencePair, read_records, write_records
 
-# One group: the tests share the module's copy (`demo`), so they run on one worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+pytestmark = pytest.mark.slow
 
 
 def copy_working_tree(target: Path) -> None:
