@@ -55,6 +55,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     # Free the 8 GB at once rather than leave them to pytest's clean-up of old
     # temporary folders.
     subprocess.run(["podman", *options, "rmi", "--all", "--force"], capture_output=True)
+    # The overlay driver may leave its layer folder mounted; rmtree cannot remove it then.
     subprocess.run(
         ["umount", "--recursive", str(root / "storage" / "overlay")], capture_output=True
     )
