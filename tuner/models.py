@@ -80,12 +80,16 @@ def ensure_embedded_model() -> Path:
 
     # Write beside the target and rename, so an interrupted conversion leaves no
     # half-written folder that the check above would take for a finished one, and two
-    # processes converting at once (parallel tests, data-parallel workers) each write
-    # their own copy: the first rename wins, the other copy is dropped.
+    # processes converting at once (data-parallel generation workers) each write their
+    # own copy: the first rename wins, the other copy is dropped.
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=target.parent))
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+    except BaseException:  # Ctrl-C included: the copy has a name of its own, nobody reuses it
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if target.exists() and not is_converted(target):
         shutil.rmtree(target, ignore_errors=True)
     try:
