@@ -160,6 +160,28 @@ def test_two_workers_share_one_output_through_the_transformers_fallback(tmp_path
     assert "coding assistant" in records[0].meta["system_prompt"]
 
 
+def test_the_fallback_ends_rows_on_a_single_token_stop_string_by_its_id():
+    """A chat template's end of turn is one token: transformers stops on its id, as on
+    end-of-sequence, instead of matching strings after every step; a stop string of
+    several tokens still goes to its string matching."""
+    from tuner.generate.backends import TransformersBackend
+
+    backend = TransformersBackend(str(ensure_embedded_model()), seed=0)
+    tokenizer = backend.tokenizer
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert backend._stop_token_ids(["<|im_end|>"]) == sorted({end_of_turn, tokenizer.eos_token_id})
+    assert backend._stop_token_ids(["<|im_end|>", "\n\nUser:"]) is None
+    family = family_for(str(ensure_embedded_model()))
+    prompts = [family.instruction_prompt(persona("chat"))] * 4
+    completions = backend.complete(prompts, preset("cpu").instruction, [0, 1, 2, 3], family.stop)
+    assert any(c.finished for c in completions)
+    for completion in completions:
+        assert "<|im_end|>" not in completion.text
+        # A finished row counts its end-of-turn token, as vLLM does; a cut one does not.
+        ids = tokenizer(completion.text, add_special_tokens=False).input_ids
+        assert abs(completion.tokens - len(ids) - completion.finished) <= 2
+
+
 def test_presets_load_and_the_cpu_preset_checkpoints_often():
     assert preset("default").instruction.temperature == 1.0
     assert preset("cpu").checkpoint_every < preset("default").checkpoint_every

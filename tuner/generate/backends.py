@@ -196,6 +196,17 @@ class TransformersBackend(ChatTemplate):
             completions += self._complete_batch(batch, sampling, stop)
         return completions
 
+    def _stop_token_ids(self, stop: list[str]) -> list[int] | None:
+        """The ids of the stop strings and end-of-sequence when every stop string is one
+        token of the vocabulary, else None."""
+        vocabulary = self.tokenizer.get_vocab()
+        if not all(text in vocabulary for text in stop):
+            return None
+        ids = {vocabulary[text] for text in stop}
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
     def _complete_batch(
         self, prompts: list[str], sampling: Sampling, stop: list[str]
     ) -> list[Completion]:
@@ -203,6 +214,14 @@ class TransformersBackend(ChatTemplate):
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.model.device)
         sample = sampling.temperature > 0
+        stop_ids = self._stop_token_ids(stop)
+        # Stop strings that are single tokens (a chat template's end of turn) end rows as
+        # end-of-sequence ids do; matching strings after every step costs far more.
+        stopping = (
+            {"eos_token_id": stop_ids}
+            if stop_ids
+            else {"stop_strings": stop, "tokenizer": self.tokenizer}
+        )
         with self.torch.inference_mode():
             output = self.model.generate(
                 **inputs,
@@ -210,14 +229,16 @@ class TransformersBackend(ChatTemplate):
                 do_sample=sample,
                 temperature=sampling.temperature if sample else None,
                 top_p=sampling.top_p if sample else None,
+                # transformers keeps only the 50 likeliest tokens unless told otherwise;
+                # vLLM and the presets sample from the whole vocabulary.
+                top_k=0 if sample else None,
                 repetition_penalty=sampling.repetition_penalty,
-                stop_strings=stop,
-                tokenizer=self.tokenizer,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **stopping,
             )
-        # A finished row ends on end-of-sequence, then padding (often the same token);
-        # a row cut at max_new_tokens has neither.
-        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        # A finished row ends on end-of-sequence (or a stop token), then padding (often
+        # the same token); a row cut at max_new_tokens has neither.
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, *(stop_ids or [])}
         completions = []
         for row in output[:, inputs["input_ids"].shape[1] :].tolist():
             end = next((i for i, token in enumerate(row) if token in ends), None)
