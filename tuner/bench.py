@@ -74,9 +74,9 @@ def bench_generate(console: Console, records: int = 64) -> Path:
     def steps(engine: Any) -> dict[str, tuple[list[str], Sampling]]:
         """The prompts and sampling of each measured step; the same for both engines."""
         return {
-            # `just generate chat preset=default`'s two steps for one checkpoint of
-            # `records` records: Magpie instructions from the pre-query template, then
-            # the answers to the chat task's questions under the task's system prompt.
+            # `just generate chat preset=default`'s two steps for `records` records:
+            # Magpie instructions from the pre-query template, then the answers to the
+            # chat task's questions under the task's system prompt.
             "instruction": ([family.instruction_prompt(persona)] * records, preset.instruction),
             "response": (
                 [
