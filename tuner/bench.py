@@ -70,6 +70,7 @@ def bench_generate(console: Console, records: int = 64) -> Path:
     questions = (questions * records)[:records]
     seeds = [record_seed(0, index, 0, 0) for index in range(records)]
     fixed_length = Sampling(temperature=0.0, max_tokens=128)
+    warm_up = [family.instruction_prompt(persona)] * 2
 
     def steps(engine: Any) -> dict[str, tuple[list[str], Sampling]]:
         """The prompts and sampling of each measured step; the same for both engines."""
@@ -120,7 +121,6 @@ def bench_generate(console: Console, records: int = 64) -> Path:
             "torch_threads": torch.get_num_threads(),
             "load_seconds": round(time.perf_counter() - loading, 1),
         }
-        warm_up = [family.instruction_prompt(persona)] * 2
         engine.complete(warm_up, fixed_length, seeds[:2], family.stop)
         for step, (prompts, sampling) in steps(engine).items():
             with console.status(f"{name}: {step} step, {records} prompts…"):
@@ -140,19 +140,10 @@ def bench_generate(console: Console, records: int = 64) -> Path:
             sum(s["output_tokens"] for s in magpie) / sum(s["seconds"] for s in magpie), 1
         )
         del engine
-    baseline = measured[f"transformers_batch_8_{baseline_dtype}"]
-
-    def speedup(key: str) -> float:
-        return round(measured["vllm"][key] / baseline[key], 2)
-
-    def step_speedup(step: str) -> float:
-        return round(
-            measured["vllm"][step]["output_tokens_per_second"]
-            / baseline[step]["output_tokens_per_second"],
-            2,
-        )
-
-    magpie_speedup = speedup("magpie_output_tokens_per_second")
+    vllm, baseline = measured["vllm"], measured[f"transformers_batch_8_{baseline_dtype}"]
+    magpie_speedup = round(
+        vllm["magpie_output_tokens_per_second"] / baseline["magpie_output_tokens_per_second"], 2
+    )
     return write_result(
         "generate",
         {
@@ -162,7 +153,12 @@ def bench_generate(console: Console, records: int = 64) -> Path:
             "records": records,
             "results": measured,
             "speedup_by_step": {
-                step: step_speedup(step) for step in ("instruction", "response", "fixed_length")
+                step: round(
+                    vllm[step]["output_tokens_per_second"]
+                    / baseline[step]["output_tokens_per_second"],
+                    2,
+                )
+                for step in ("instruction", "response", "fixed_length")
             },
             "speedup": magpie_speedup,
             "speedup_counts": "instruction and response steps together (output tokens/s)",
