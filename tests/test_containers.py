@@ -15,16 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from dockerfile_parse import DockerfileParser
 
-from tuner.containers import available_engines, build_commands, build_engine, image_tag
+from tuner.containers import (
+    available_engines,
+    build_commands,
+    build_engine,
+    image_tag,
+    load_targets,
+)
 from tuner.errors import TunerError
 from tuner.project import ROOT
 
 CONTAINERS = ROOT / "containers"
 DOCKERFILES = sorted(CONTAINERS.glob("*.Dockerfile"))
-TARGETS = yaml.safe_load((CONTAINERS / "targets.yaml").read_text())
+TARGETS = load_targets()
 ARCH_LISTS = {"t4": "7.5", "a100": "8.0", "4090x8": "8.9", "dgx-spark": "12.1"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|PRIVATE", re.IGNORECASE)
 
@@ -55,26 +60,20 @@ def test_every_hardware_target_has_an_image():
         assert (ROOT / target["dockerfile"]).is_file()
 
 
-@pytest.mark.parametrize(
-    ("dockerfile", "base"),
-    [
-        ("cuda.Dockerfile", r"^nvidia/cuda:12\.\d+\.\d+-cudnn-devel-ubuntu24\.04$"),
-        ("dgx-spark.Dockerfile", r"^nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3$"),
-        ("cpu.Dockerfile", r"^debian:bookworm$"),
-    ],
-)
-def test_base_image_per_architecture(dockerfile, base):
-    parser = parse(CONTAINERS / dockerfile)
-    (default,) = [
-        i["value"].split("=", 1)[1]
-        for i in parser.structure
-        if i["instruction"] == "ARG"
-        and "=" in i["value"]
-        and i["value"].split("=")[0].endswith("_BASE")
-    ]
-    assert re.match(base, default), default
-    (source,) = [i["value"] for i in parser.structure if i["instruction"] == "FROM"]
-    assert re.fullmatch(r"\$\{\w+_BASE\}", source), source
+def test_each_image_builds_from_the_base_its_target_names():
+    """The GPU targets share a CUDA 13.0 devel base (the index's torch is a CUDA 13.0
+    build: tests/test_locks.py checks the two agree), which states its driver floor."""
+    for name, target in TARGETS.items():
+        parser = parse(ROOT / target["dockerfile"])
+        (source,) = [i["value"] for i in parser.structure if i["instruction"] == "FROM"]
+        assert source == "${BASE}", name
+        if name == "cpu":
+            assert target["base"] == "debian:bookworm"
+            continue
+        assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-devel-ubuntu24\.04", target["base"]), name
+        assert target["min_driver"] == "580.65.06"
+        labels = " ".join(i["value"] for i in parser.structure if i["instruction"] == "LABEL")
+        assert 'tuner.min-driver="${MIN_DRIVER}"' in labels
 
 
 def test_the_arch_list_is_the_cards_own():
@@ -87,19 +86,17 @@ def test_the_arch_list_is_the_cards_own():
     assert {TARGETS[h]["platform"] for h in ("t4", "a100", "4090x8")} == {"linux/amd64"}
 
 
-def test_images_pin_what_they_install_run_as_a_user_and_hold_no_secrets():
+def test_images_install_their_locks_only_run_as_a_user_and_hold_no_secrets():
     for path in DOCKERFILES:
         parser = parse(path)
         runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
-        for package in re.findall(r"pip install ([^&]+)", runs):
-            for word in package.split():
-                if word.startswith("-") or word.startswith("/") or word.startswith('"$'):
-                    continue
-                assert "==" in word, (path.name, word)
-        args = [i["value"] for i in parser.structure if i["instruction"] == "ARG"]
-        for arg in args:
-            if "=" in arg and arg.split("=")[0] in {"ATTENTION", "DEEPSPEED"}:
-                assert "==" in arg.split("=", 1)[1], arg
+        # Every pip install is a lock without dependencies, or the project itself (whose
+        # dependencies the lock holds); the cpu image runs scripts/bootstrap.sh instead.
+        for install in re.findall(r"pip install (--no-deps -\S+ \S+)", runs):
+            assert re.fullmatch(r'--no-deps (-r "containers/locks/\$\{TARGET\}\.[^"]+"|-e \.)', install)
+        assert len(re.findall(r"pip install", runs)) == len(
+            re.findall(r"pip install --no-deps", runs)
+        ), path.name
         users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
         assert users and users[-1].split(":")[0] not in {"root", "0"}, path.name
         for instruction in parser.structure:
@@ -108,18 +105,16 @@ def test_images_pin_what_they_install_run_as_a_user_and_hold_no_secrets():
                     assert not SECRET_NAME.search(name), (path.name, name)
         entrypoint = [i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT"]
         assert entrypoint == ['["just"]'], path.name
-    # Python packages come from the project's own pins: the same Axolotl and lm-eval.
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert "axolotl==0.19.0" in pyproject and "lm_eval[ifeval]==0.4.13" in pyproject
-    assert "vllm==0.32.0" in (ROOT / "scripts" / "bootstrap.sh").read_text()
 
 
-def test_the_evaluation_image_names_its_bigcode_clone_for_just_eval():
+def test_the_evaluation_image_names_its_bigcode_environment_for_just_eval():
     parser = parse(CONTAINERS / "eval.Dockerfile")
     env = " ".join(i["value"] for i in parser.structure if i["instruction"] == "ENV")
     run = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
-    (folder,) = re.findall(r"BIGCODE_HARNESS_DIR=(\S+)", env)
-    assert f"bigcode-evaluation-harness.git {folder}" in run
+    (python,) = re.findall(r"BIGCODE_PYTHON=(\S+)", env)
+    venv = python.removesuffix("/bin/python")
+    assert f"venv {venv}" in run and '"containers/locks/${TARGET}.bigcode.txt"' in run
+    assert "git clone" not in run
 
 
 def test_the_image_never_receives_the_repository_secrets_or_build_outputs():
@@ -134,14 +129,17 @@ def test_build_commands_per_engine():
     assert docker[docker.index("-f") + 1] == "containers/cuda.Dockerfile"
     assert docker[docker.index("-t") + 1] == "llm-tuner:a100"
     assert "TORCH_CUDA_ARCH_LIST=8.0" in docker and docker[-1] == "."
+    assert "TARGET=a100" in docker and "MIN_DRIVER=580.65.06" in docker
+    assert f"BASE={TARGETS['a100']['base']}" in docker
     [podman] = build_commands("t4", "podman")
-    # The T4 (sm_75) gets xformers: FlashAttention-2 does not run on Turing.
-    assert podman[:2] == ["podman", "build"] and "ATTENTION=xformers==0.0.35" in podman
-    assert "TORCH_CUDA_ARCH_LIST=7.5" in podman
+    assert podman[:2] == ["podman", "build"] and "TORCH_CUDA_ARCH_LIST=7.5" in podman
     base, evaluation = build_commands("dgx-spark", "buildah", evaluation=True)
     assert base[:2] == ["buildah", "build"] and "linux/arm64" in base
+    assert base[base.index("-f") + 1] == "containers/cuda.Dockerfile"
     assert evaluation[evaluation.index("-t") + 1] == image_tag("dgx-spark", evaluation=True)
-    assert "TARGET_IMAGE=llm-tuner:dgx-spark" in evaluation
+    assert "TARGET_IMAGE=llm-tuner:dgx-spark" in evaluation and "TARGET=dgx-spark" in evaluation
+    [cpu] = build_commands("cpu", "podman")
+    assert "BASE=debian:bookworm" in cpu and "MIN_DRIVER" not in " ".join(cpu)
 
 
 def test_the_build_engine_is_docker_only_when_its_daemon_answers(tmp_path, monkeypatch):

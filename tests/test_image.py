@@ -75,7 +75,7 @@ def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert done.returncode == 0, done.stderr
     build = ["buildah", *storage, "build", "--pull=never", "--isolation", "chroot"]
     build += ["--format", "docker", "-f", "containers/cpu.Dockerfile", "-t", "llm-tuner:cpu"]
-    build += ["--build-arg", "DEBIAN_BASE=localhost/debian:bookworm"]
+    build += ["--build-arg", "BASE=localhost/debian:bookworm"]
     if WHEELS.is_dir():
         build += ["--build-arg", f"PIP_FIND_LINKS={WHEELS}", "--volume", f"{WHEELS}:{WHEELS}:ro"]
     if CA_BUNDLE.is_file():

@@ -65,3 +65,19 @@ def test_axolotl_own_validation_runs_with_the_targets_capabilities():
     # Axolotl itself refuses packing for RLHF; the message comes from its schema.
     [problem] = problems("dpo", "a100", "sample_packing=true")
     assert problem.startswith("axolotl:") and "does not work with RLHF" in problem
+
+
+@pytest.mark.parametrize(
+    ("hardware", "attention"),
+    [("a100", "flash_attention_2"), ("t4", "xformers"), ("t4", "flex_attention")],
+)
+def test_an_attention_backend_the_image_has_no_kernels_for_is_refused(hardware, attention):
+    found = problems("math", hardware, f"attn_implementation={attention}")
+    assert any(
+        p.startswith("attn_implementation:") and f"no kernels in the {hardware} image" in p
+        for p in found
+    ), found
+
+
+def test_the_cpu_target_runs_outside_any_gpu_image_whatever_its_attention():
+    assert problems("math", "cpu", "attn_implementation=eager") == []

@@ -124,6 +124,33 @@ def cmd_build(args: argparse.Namespace) -> None:
     out.print(f"Built {', '.join(tags)}")
 
 
+def cmd_lock(args: argparse.Namespace) -> None:
+    from tuner.locks import check, locks, write_lock
+    from tuner.project import ROOT
+
+    chosen = locks(args.targets)
+    failed = []
+    for index, lock in enumerate(chosen, 1):
+        name = lock.path.relative_to(ROOT)
+        with err.status(
+            f"[{index}/{len(chosen)}] {'checking' if args.check else 'resolving'} {name}…"
+        ):
+            if args.check:
+                problems = check(lock).problems
+                if problems:
+                    failed.append(lock)
+                    out.print(f"{name}:", style="red", markup=False)
+                    for problem in problems:
+                        out.print(f"  - {problem}", markup=False, highlight=False)
+                else:
+                    out.print(f"{name}: ok", markup=False)
+            else:
+                pins = write_lock(lock)
+                out.print(f"{name}: {len(pins)} packages", markup=False)
+    if failed:
+        raise SystemExit(1)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from tuner.evaluate.run import evaluate
 
@@ -263,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hardware")
     p.add_argument("--eval", action="store_true", help="also the evaluation image")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "lock",
+        help="resolve the GPU images' locks (containers/locks/) for their platforms",
+        description="Resolves each environment of each GPU target's image with uv for the "
+        "image's platform and Python, wheels only (containers/targets.yaml), into "
+        "containers/locks/TARGET.ENV.txt. --check resolves the locks again instead and "
+        "reports pins without a wheel, conflicts, what pyproject.toml asks that a lock "
+        "lacks, and a torch whose CUDA is not the base image's.",
+    )
+    p.add_argument("targets", nargs="*", help="targets (all GPU targets by default)")
+    p.add_argument("--check", action="store_true", help="check the locks, write nothing")
+    p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser(
         "plan",

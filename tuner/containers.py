@@ -31,7 +31,17 @@ ENGINES = ("docker", "podman", "buildah")
 
 
 def load_targets() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load(TARGETS.read_text())
+    """Target name → its image's settings (keys starting with `x-` are shared parts)."""
+    return {k: v for k, v in yaml.safe_load(TARGETS.read_text()).items() if not k.startswith("x-")}
+
+
+def build_args(hardware: str, target: dict[str, Any]) -> dict[str, str]:
+    """The Dockerfile's arguments: base image, target (which names its locks), the host
+    driver it needs (a label), then the target's own."""
+    found = {"BASE": target["base"], "TARGET": hardware}
+    if target.get("min_driver"):
+        found["MIN_DRIVER"] = target["min_driver"]
+    return found | {k: str(v) for k, v in (target.get("args") or {}).items()}
 
 
 def image_tag(hardware: str, evaluation: bool = False) -> str:
@@ -77,7 +87,7 @@ def build_commands(hardware: str, engine: str, evaluation: bool = False) -> list
     command = [*verb, "-f", target["dockerfile"], "-t", image_tag(hardware)]
     if target.get("platform"):
         command += ["--platform", target["platform"]]
-    for key, value in (target.get("args") or {}).items():
+    for key, value in build_args(hardware, target).items():
         command += ["--build-arg", f"{key}={value}"]
     commands = [[*command, "."]]
     if evaluation:
@@ -90,6 +100,8 @@ def build_commands(hardware: str, engine: str, evaluation: bool = False) -> list
                 image_tag(hardware, evaluation=True),
                 "--build-arg",
                 f"TARGET_IMAGE={image_tag(hardware)}",
+                "--build-arg",
+                f"TARGET={hardware}",
                 ".",
             ]
         )

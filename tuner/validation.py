@@ -1,6 +1,7 @@
 """Validate a composed config: Axolotl's own schema with the target's capabilities, plus
 the checks Axolotl lacks (misspelt keys, bf16 on Turing, FlashAttention-2 where no build
-exists, DeepSpeed on the DGX Spark, packing that would leak attention across samples).
+exists, DeepSpeed on the DGX Spark, packing that would leak attention across samples,
+an attention backend whose kernels the target's image does not have).
 Attention backends are read through Axolotl's own tables, so they follow its releases."""
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def validate(recipe: ComposedRecipe) -> ValidationReport:
     profile = gpu_profile(recipe.meta, f"recipes/hardware/{recipe.hardware}.yaml")
     report.problems += unknown_keys(recipe.config)
     report.problems += hardware_checks(recipe.config, profile)
+    report.problems += image_checks(recipe.config, recipe.hardware)
     # Axolotl's messages about keys it does not know would repeat the ones above.
     if not report.problems:
         report.problems += axolotl_checks(recipe.config, profile)
@@ -141,7 +143,7 @@ def hardware_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[
             Problem(
                 "attn_implementation",
                 f"{attn} needs FlashAttention, which has no build for "
-                f"{NO_FLASH_ATTENTION[cc]}. Use sdpa (or xformers on Turing).",
+                f"{NO_FLASH_ATTENTION[cc]}. Use sdpa.",
             )
         )
     if config.get("deepspeed") and cc == "12.1":
@@ -153,6 +155,24 @@ def hardware_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[
             )
         )
     return problems
+
+
+def image_checks(config: dict[str, Any], hardware: str) -> list[Problem]:
+    """The attention backend must be one whose kernels the target's image installs
+    (containers/targets.yaml says which, and why the others are missing)."""
+    from tuner.containers import TARGETS, load_targets
+
+    available = load_targets().get(hardware, {}).get("attention")
+    attn = attention(config)
+    if available is None or attn in available:
+        return []
+    return [
+        Problem(
+            "attn_implementation",
+            f"{attn} has no kernels in the {hardware} image ({TARGETS.name} lists why): "
+            f"use one of {', '.join(available)}.",
+        )
+    ]
 
 
 def axolotl_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[Problem]:

@@ -1,0 +1,122 @@
+"""The GPU images' locks, proven without a GPU or a registry: uv resolves each lock again
+for its image's platform and Python against the package index (wheels only, but for the
+pure-Python sources the lock names), the pure-Python sources build into pure wheels, each
+lock holds what pyproject.toml asks for that environment, and the locked torch's CUDA is
+the base image's. The last test feeds the same checks the images as they were before the
+locks (a CUDA 12.8 base, flash-attn from source, DeepSpeed 0.18.2) and sees each fail.
+
+These tests reach the package index (pip and uv, as CI can); nothing else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.containers import load_targets
+from tuner.locks import (
+    PURE_PYTHON_SOURCES,
+    Lock,
+    cuda_problems,
+    locks,
+    read_pins,
+    resolution_problems,
+    unmet,
+)
+
+LOCKS = locks()
+A100_TRAIN = next(lk for lk in LOCKS if (lk.target, lk.environment) == ("a100", "train"))
+
+
+def test_every_gpu_target_has_a_lock_per_environment():
+    gpu_targets = {name for name, t in load_targets().items() if t.get("environments")}
+    assert gpu_targets == {"t4", "a100", "4090x8", "dgx-spark"}
+    for lock in LOCKS:
+        assert lock.path.is_file(), f"{lock.path} is missing: run `just lock {lock.target}`"
+    assert {lk.platform for lk in LOCKS if lk.target == "dgx-spark"} == {"linux/arm64"}
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda lk: f"{lk.target}.{lk.environment}")
+def test_each_lock_holds_what_pyproject_asks_and_a_torch_of_the_base_images_cuda(lock):
+    pins = read_pins(lock.path.read_text())
+    assert unmet(lock, pins) == []
+    assert pins["torch"] == "2.13.0"
+    assert cuda_problems(load_targets()[lock.target], pins) == []
+
+
+def test_each_lock_resolves_again_to_itself_with_wheels_for_its_platform():
+    """One uv resolution per distinct lock (t4's and a100's are the same file, as are
+    the amd64 inference and bigcode environments), all at once: each is mostly waiting
+    on the index."""
+    distinct = {(lk.uv_platform, lk.path.read_text(), lk.extras): lk for lk in LOCKS}
+    with ThreadPoolExecutor(max_workers=len(distinct)) as pool:
+        found = pool.map(
+            lambda lk: (lk.path.name, resolution_problems(lk, lk.path.read_text())),
+            distinct.values(),
+        )
+        assert {name: problems for name, problems in found if problems} == {}
+
+
+def test_the_pure_python_sources_build_into_pure_wheels(tmp_path):
+    """The packages with no wheel on the index build without a compiler: DeepSpeed
+    without DS_BUILD_OPS compiles no op."""
+    pins: dict[str, str] = {}
+    for lock in LOCKS:
+        pins |= read_pins(lock.path.read_text())
+    sources = [f"{name}=={pins[name]}" for name in PURE_PYTHON_SOURCES if name in pins]
+    assert len(sources) == len(PURE_PYTHON_SOURCES), "a named source is in no lock: drop it"
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-binary"]
+    done = subprocess.run(
+        [*command, ":all:", "--wheel-dir", str(tmp_path), *sources],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"DS_BUILD_OPS": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wheels = sorted(tmp_path.glob("*.whl"))
+    assert len(wheels) == len(sources)
+    for wheel in wheels:
+        assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+        with zipfile.ZipFile(wheel) as archive:
+            assert not [n for n in archive.namelist() if n.endswith((".so", ".pyd"))]
+
+
+def test_the_images_as_they_were_fail_these_checks(tmp_path):
+    # A CUDA 12.8 base under the index's torch 2.13.0 (a CUDA 13 build).
+    pins = read_pins(A100_TRAIN.path.read_text())
+    [problem] = cuda_problems({"base": "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"}, pins)
+    assert "has CUDA 12" in problem and "CUDA 13 build" in problem
+    # flash-attn 2.8.3.post2: a source distribution only.
+    lock = A100_TRAIN.path.read_text() + "flash-attn==2.8.3.post2\n"
+    [problem] = resolution_problems(A100_TRAIN, lock)
+    assert "flash-attn" in problem and "Wheels are required" in problem
+    # DeepSpeed 0.18.2 beside Axolotl 0.19's deepspeed extra (>= 0.18.6, < 0.19).
+    multi_gpu = Lock(
+        "4090x8", "train", ("train", "deepspeed", "dev"), "linux/amd64", "3.12", "2.39"
+    )
+    text = multi_gpu.path.read_text()
+    old = text.replace(f"deepspeed=={read_pins(text)['deepspeed']}\n", "deepspeed==0.18.2\n")
+    [problem] = resolution_problems(multi_gpu, old)
+    assert "deepspeed" in problem and "unsatisfiable" in problem
+
+
+def test_lock_names_the_targets_that_have_locks(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["lock", "cpu"])
+    assert stopped.value.code == 2
+    assert "the targets with locks are t4, a100, 4090x8, dgx-spark" in capsys.readouterr().err
+
+
+def test_a_missing_lock_is_reported_with_the_command_that_makes_it(monkeypatch, tmp_path):
+    import tuner.locks
+
+    monkeypatch.setattr(tuner.locks, "LOCKS", Path(tmp_path))
+    monkeypatch.setattr(tuner.locks, "ROOT", Path(tmp_path))
+    [problem] = tuner.locks.check(A100_TRAIN).problems
+    assert "a100.train.txt is missing: run `just lock a100`" in problem

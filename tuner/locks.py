@@ -1,0 +1,249 @@
+"""The GPU images' locks: `containers/locks/TARGET.ENV.txt`, every package one environment
+of a target's image installs, exact, resolved by uv for the image's platform and Python
+(`just lock`). The Dockerfiles install the lock with `--no-deps` and nothing else.
+
+What makes an image's install provable without a GPU or a registry:
+- every pin has a wheel for the platform: the lock opens with `--only-binary :all:`, and
+  the only exceptions are the pure-Python source distributions below, named in its
+  `--no-binary` line (each builds into a `py3-none-any` wheel: no compiler involved);
+- the lock is closed and consistent: resolving its pins with what its extras ask gives
+  the same pins;
+- it holds what pyproject.toml's extras for that environment ask for;
+- the pinned torch's CUDA major is the base image's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tuner.containers import load_targets
+from tuner.errors import TunerError
+from tuner.project import ROOT
+
+LOCKS = ROOT / "containers" / "locks"
+PYPROJECT = ROOT / "pyproject.toml"
+PROJECT = "llm-tuner-recipes"
+# Packages of the locks that publish no wheel, only a source distribution of pure Python
+# (Axolotl's own contribs, DeepSpeed without prebuilt ops, and small libraries Axolotl
+# and lm-eval pin). DeepSpeed's ops then compile on first use against the image's nvcc.
+PURE_PYTHON_SOURCES = (
+    "axolotl-contribs-lgpl",
+    "axolotl-contribs-mit",
+    "deepspeed",
+    "langdetect",
+    "rouge-score",
+    "sqlitedict",
+    "word2number",
+)
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)")
+CUDA_BASE = re.compile(r"^nvidia/cuda:(\d+)\.(\d+)")
+UV_PLATFORMS = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One environment of one target's image and where its lock lives."""
+
+    target: str
+    environment: str
+    extras: tuple[str, ...]
+    platform: str
+    python: str
+    glibc: str
+
+    @property
+    def path(self) -> Path:
+        return LOCKS / f"{self.target}.{self.environment}.txt"
+
+    @property
+    def uv_platform(self) -> str:
+        return f"{UV_PLATFORMS[self.platform]}-manylinux_{self.glibc.replace('.', '_')}"
+
+
+def locks(targets: list[str] | None = None) -> list[Lock]:
+    """The locks of the given targets (every target with environments by default)."""
+    known = load_targets()
+    chosen = targets or [name for name, t in known.items() if t.get("environments")]
+    found = []
+    for name in chosen:
+        target = known.get(name)
+        if not target or not target.get("environments"):
+            with_locks = [n for n, t in known.items() if t.get("environments")]
+            raise TunerError(
+                f"No lock for '{name}' in containers/targets.yaml: the targets with locks "
+                f"are {', '.join(with_locks)}."
+            )
+        for environment, extras in target["environments"].items():
+            found.append(
+                Lock(
+                    name,
+                    environment,
+                    tuple(extras),
+                    target["platform"],
+                    target["python"],
+                    target["glibc"],
+                )
+            )
+    return found
+
+
+def requirements(extras: tuple[str, ...]) -> list[Requirement]:
+    """What pyproject.toml asks for with these extras: the project's dependencies and
+    each extra's, the project's references to its own extras followed."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    found = [Requirement(text) for text in project["dependencies"]]
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in project["optional-dependencies"][extra]:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == PROJECT:
+                pending += sorted(requirement.extras)
+            else:
+                found.append(requirement)
+    return found
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """name → version of every `name==version` line of a lock (uv's output format)."""
+    pins = {}
+    for line in text.splitlines():
+        match = PIN.match(line.strip())
+        if match:
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def unmet(lock: Lock, pins: dict[str, str]) -> list[str]:
+    """The requirements of the lock's extras that its pins do not satisfy."""
+    problems = []
+    for requirement in requirements(lock.extras):
+        version = pins.get(canonicalize_name(requirement.name))
+        if version is None:
+            problems.append(f"{requirement} is not in the lock")
+        elif not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{requirement} is not met by the lock's {version}")
+    return problems
+
+
+def uv_compile(lock: Lock, source: Path, output: Path, *, no_deps: bool = False) -> str:
+    """`uv pip compile` for the lock's platform and Python, wheels only but for the pure
+    Python sources; the error text when it finds no resolution, else ''."""
+    command = [sys.executable, "-m", "uv", "pip", "compile", str(source), "-o", str(output)]
+    command += ["--python-platform", lock.uv_platform, "--python-version", lock.python]
+    command += ["--only-binary", ":all:", "--emit-build-options", "--quiet"]
+    # The pure-Python sources' metadata builds with this interpreter: uv would otherwise
+    # try to download a standalone Python of the target's version first.
+    command += ["--no-python-downloads"]
+    command += [f"--no-binary={name}" for name in PURE_PYTHON_SOURCES]
+    command += ["--custom-compile-command", f"just lock {lock.target}"]
+    if no_deps:
+        command.append("--no-deps")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode == 0:
+        return ""
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("warning")]
+    return "\n".join(lines).strip() or f"uv exited with {done.returncode}"
+
+
+def write_lock(lock: Lock) -> dict[str, str]:
+    """Resolve the lock's extras into its file (uv keeps the pins already there unless
+    they no longer fit, so a regeneration changes only what it must); its pins."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / f"{lock.target}.{lock.environment}.in"
+        source.write_text("".join(f"{r}\n" for r in requirements(lock.extras)))
+        error = uv_compile(lock, source, lock.path)
+    if error:
+        raise TunerError(
+            f"uv found no resolution for {lock.path.relative_to(ROOT)} "
+            f"({lock.platform}, Python {lock.python}, wheels only):\n{error}"
+        )
+    return read_pins(lock.path.read_text())
+
+
+def resolution_problems(lock: Lock, text: str) -> list[str]:
+    """Resolving the lock's pins again, with what its extras ask (extras of its packages
+    included, such as Axolotl's DeepSpeed range) and every dependency, for its platform:
+    what uv refuses (a pin without a wheel, a conflict), or the pins that come out
+    otherwise."""
+    with tempfile.TemporaryDirectory() as scratch:
+        source, output = Path(scratch) / "lock.txt", Path(scratch) / "again.txt"
+        source.write_text(text + "".join(f"{r}\n" for r in requirements(lock.extras)))
+        error = uv_compile(lock, source, output)
+        if error:
+            return [error]
+        again = read_pins(output.read_text())
+    pins = read_pins(text)
+    added = sorted(set(again) - set(pins))
+    changed = sorted(n for n in pins if n in again and again[n] != pins[n])
+    missing = sorted(set(pins) - set(again))
+    problems = [f"{n}=={again[n]} is needed but not locked" for n in added]
+    problems += [f"{n}=={pins[n]} resolves to {again[n]}" for n in changed]
+    problems += [f"{n}=={pins[n]} is locked but nothing needs it" for n in missing]
+    return problems
+
+
+def torch_cuda_major(pins: dict[str, str]) -> int | None:
+    """The CUDA major the pinned torch was built for: that of the CUDA runtime wheel it
+    requires (nvidia-cuda-runtime, or the older nvidia-cuda-runtime-cuXX names)."""
+    if "nvidia-cuda-runtime" in pins:
+        return int(pins["nvidia-cuda-runtime"].split(".")[0])
+    for name in pins:
+        match = re.fullmatch(r"nvidia-cuda-runtime-cu(\d+)", name)
+        if match:
+            return int(match[1])
+    return None
+
+
+def cuda_problems(target: dict[str, Any], pins: dict[str, str]) -> list[str]:
+    """The base image's CUDA major against the pinned torch's."""
+    base = CUDA_BASE.match(target["base"])
+    if base is None:
+        return [f"base {target['base']} is not an nvidia/cuda image: its CUDA is unknown"]
+    torch_major = torch_cuda_major(pins)
+    if torch_major is None:
+        return ["the lock pins no CUDA runtime: its torch is not a CUDA build"]
+    if torch_major != int(base[1]):
+        return [
+            f"base {target['base']} has CUDA {base[1]}, the locked torch "
+            f"{pins.get('torch', '?')} is a CUDA {torch_major} build"
+        ]
+    return []
+
+
+@dataclass
+class LockCheck:
+    """What is wrong with one lock; empty lists when nothing is."""
+
+    lock: Lock
+    unmet: list[str]
+    resolution: list[str]
+    cuda: list[str]
+
+    @property
+    def problems(self) -> list[str]:
+        return self.unmet + self.resolution + self.cuda
+
+
+def check(lock: Lock) -> LockCheck:
+    if not lock.path.is_file():
+        missing = [f"{lock.path.relative_to(ROOT)} is missing: run `just lock {lock.target}`"]
+        return LockCheck(lock, missing, [], [])
+    text = lock.path.read_text()
+    pins = read_pins(text)
+    cuda = cuda_problems(load_targets()[lock.target], pins) if "torch" in pins else []
+    return LockCheck(lock, unmet(lock, pins), resolution_problems(lock, text), cuda)
