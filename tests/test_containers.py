@@ -93,7 +93,9 @@ def test_images_install_their_locks_only_run_as_a_user_and_hold_no_secrets():
         # Every pip install is a lock without dependencies, or the project itself (whose
         # dependencies the lock holds); the cpu image runs scripts/bootstrap.sh instead.
         for install in re.findall(r"pip install (--no-deps -\S+ \S+)", runs):
-            assert re.fullmatch(r'--no-deps (-r "containers/locks/\$\{TARGET\}\.[^"]+"|-e \.)', install)
+            assert re.fullmatch(
+                r'--no-deps (-r "containers/locks/\$\{TARGET\}\.[^"]+"|-e \.)', install
+            )
         assert len(re.findall(r"pip install", runs)) == len(
             re.findall(r"pip install --no-deps", runs)
         ), path.name
@@ -228,7 +230,7 @@ def test_doctor_reports_the_machine_and_never_a_token_value(fake_docker):
     done = subprocess.run(
         [sys.executable, "-m", "tuner", "doctor"],
         cwd=ROOT,
-        env={**{k: v for k, v in env.items() if k != "BIGCODE_HARNESS_DIR"}, "COLUMNS": "200"},
+        env={**{k: v for k, v in env.items() if k != "BIGCODE_PYTHON"}, "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -237,6 +239,4 @@ def test_doctor_reports_the_machine_and_never_a_token_value(fake_docker):
     assert "code sandbox" in done.stdout and "namespaces" in done.stdout
     assert "HF_TOKEN" in done.stdout and "hf_value_that_must_not_appear" not in done.stdout
     assert "none (CUDA not available)" in done.stdout
-    assert (
-        "bigcode-evaluation-harness" in done.stdout and "BIGCODE_HARNESS_DIR unset" in done.stdout
-    )
+    assert "bigcode-evaluation-harness" in done.stdout and "BIGCODE_PYTHON unset" in done.stdout

@@ -104,12 +104,12 @@ def sandbox_status() -> str:
 
 
 def bigcode_status() -> str:
-    from tuner.evaluate.bigcode import HARNESS_DIR_ENV, harness_dir, harness_revision
+    from tuner.evaluate.bigcode import HARNESS_PYTHON_ENV, bigcode_version, harness_python
 
-    if not os.environ.get(HARNESS_DIR_ENV):
-        return f"not set up ({HARNESS_DIR_ENV} unset): the evaluation image has it"
+    if not os.environ.get(HARNESS_PYTHON_ENV):
+        return f"not set up ({HARNESS_PYTHON_ENV} unset): the evaluation image has it"
     try:
-        folder = harness_dir([])
+        python = harness_python([])
+        return f"{bigcode_version(python)} in {python}"
     except TunerError as problem:
         return f"unavailable: {problem}"
-    return f"{folder} at {harness_revision(folder)}"

@@ -15,8 +15,10 @@ from tuner.project import ROOT
 console = Console(stderr=True, soft_wrap=True)
 
 
-def run_logged(command: list[str], env: dict[str, str], log: Path, on_failure: str = "") -> None:
-    """Run `command`; a non-zero exit is a TunerError naming the log, followed by
+def run_logged(
+    command: list[str], env: dict[str, str], log: Path, on_failure: str = "", cwd: Path = ROOT
+) -> None:
+    """Run `command` in `cwd`; a non-zero exit is a TunerError naming the log, followed by
     `on_failure` (what was kept and how to go on)."""
     console.print(f"[bold]$ {' '.join(command)}[/bold]")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +26,7 @@ def run_logged(command: list[str], env: dict[str, str], log: Path, on_failure: s
         sink.write(f"\n$ {' '.join(command)}\n")
         sink.flush()
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert process.stdout is not None
         for line in process.stdout:

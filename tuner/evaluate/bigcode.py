@@ -1,13 +1,16 @@
-"""bigcode-evaluation-harness as a subprocess, for the code benchmarks lm-eval lacks
-(HumanEval+, MBPP+, MultiPL-E, DS-1000, …): where the harness is, the command line for
-one model, and its metrics JSON read back into the project's shape.
+"""bigcode-evaluation-harness for the code benchmarks lm-eval lacks (HumanEval+, MBPP+,
+MultiPL-E, …): where the harness is, and one model's results on its tasks.
 
-The harness is not on PyPI: the evaluation image clones it at a fixed commit
-(containers/eval.Dockerfile) and names the clone in BIGCODE_HARNESS_DIR. Base and tuned
-get the same command but for the model: transformers generation in the run's
-precision (the adapter through `--peft_model`), greedy, one sample per problem, the same
-seed, length and limit. The harness runs the generated code itself
-(`--allow_code_execution`) inside the evaluation container, which is the sandbox there.
+The harness comes from the package index as NVIDIA packages it (`nvidia-bigcode-eval`,
+the `bigcode` extra), in an environment of its own: its pins (fsspec < 2023.10) conflict
+with datatrove's. The evaluation image (containers/eval.Dockerfile) installs it from its
+lock and names that environment's Python in BIGCODE_PYTHON. That package no longer
+generates with a local model (scripts/bigcode_prompts.py says why), so per task:
+1. the harness writes the task's prompts and stop words (its own task API);
+2. the evaluation's engine completes them, greedily, one per problem (vLLM or
+   transformers, as for lm-eval; base and tuned the same but for the model);
+3. the harness scores the completions (`--load_generations_path`), running the code
+   itself (`--allow_code_execution`) inside the evaluation container, the sandbox there.
 It reports aggregate scores only, so pass@1's standard error is the binomial one over
 the problems it scored.
 """
@@ -17,98 +20,122 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from tuner.environments import subprocess_env
 from tuner.errors import TunerError
-from tuner.evaluate.harness import ModelUnderTest, harness_env
+from tuner.evaluate.harness import Engine, ModelUnderTest, harness_env
 from tuner.evaluate.suites import Settings
+from tuner.generate.backends import Backend, open_backend
+from tuner.generate.templates import Sampling
 from tuner.logged import run_logged
+from tuner.project import ROOT
 
-HARNESS_DIR_ENV = "BIGCODE_HARNESS_DIR"
-# Prompt and generation together, in tokens (the harness's default of 512 cuts
-# HumanEval answers with long docstrings short).
-MAX_LENGTH = 1024
-PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+HARNESS_PYTHON_ENV = "BIGCODE_PYTHON"
+DISTRIBUTION = "nvidia-bigcode-eval"
+PROMPTS_SCRIPT = ROOT / "scripts" / "bigcode_prompts.py"
+# New tokens per completion: the harness's own default for its served models.
+MAX_NEW_TOKENS = 512
 
 
-def harness_dir(tasks: list[str]) -> Path:
-    """The clone holding the harness's main.py, from BIGCODE_HARNESS_DIR."""
-    configured = os.environ.get(HARNESS_DIR_ENV)
+def harness_python(tasks: list[str]) -> Path:
+    """The Python of the environment holding the harness, from BIGCODE_PYTHON."""
+    configured = os.environ.get(HARNESS_PYTHON_ENV)
     if not configured:
         raise TunerError(
             f"The suite runs {', '.join(tasks)} with bigcode-evaluation-harness, which is not "
-            f"set up here ({HARNESS_DIR_ENV} is unset). Run `just eval` inside the evaluation "
-            "image (`just build HW --eval`), or clone "
-            "https://github.com/bigcode-project/bigcode-evaluation-harness, `pip install -e` "
-            f"it into .venvs/infer and set {HARNESS_DIR_ENV} to the clone."
+            f"set up here ({HARNESS_PYTHON_ENV} is unset). Run `just eval` inside the "
+            "evaluation image (`just build HW --eval`), or make an environment for it "
+            f"(`python3 -m venv .venvs/bigcode && .venvs/bigcode/bin/pip install "
+            f"'{DISTRIBUTION}==26.3' peft`) and set {HARNESS_PYTHON_ENV}=.venvs/bigcode/bin/python."
         )
-    folder = Path(configured)
-    if not (folder / "main.py").is_file():
+    python = Path(configured)
+    if not python.is_file():
         raise TunerError(
-            f"{HARNESS_DIR_ENV}={configured}: no main.py there; it must name a clone of "
-            "bigcode-evaluation-harness."
+            f"{HARNESS_PYTHON_ENV}={configured}: no such file; it must name the Python of an "
+            f"environment with {DISTRIBUTION} installed."
         )
-    return folder
+    return python
 
 
-def harness_revision(folder: Path) -> str:
-    """The clone's commit (the image checks one out: a detached HEAD)."""
-    head = folder / ".git" / "HEAD"
-    if not head.is_file():
-        return "unknown revision"
-    value = head.read_text().strip()
-    if value.startswith("ref: "):
-        ref = folder / ".git" / value.removeprefix("ref: ")
-        return ref.read_text().strip() if ref.is_file() else value
-    return value
+def bigcode_version(python: Path) -> str:
+    """The installed harness's version, as that environment's metadata says."""
+    done = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({DISTRIBUTION!r}))"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise TunerError(
+            f"{HARNESS_PYTHON_ENV}={python}: {DISTRIBUTION} is not installed in that "
+            f"environment ({last})."
+        )
+    return f"{DISTRIBUTION} {done.stdout.strip()}"
 
 
-def bigcode_command(
-    harness: Path,
-    model: ModelUnderTest,
-    task: str,
-    dtype: str,
-    settings: Settings,
-    out: Path,
-) -> list[str]:
-    command = [sys.executable, str(harness / "main.py"), "--model", model.pretrained]
-    if model.adapter is not None:
-        command += ["--peft_model", str(model.adapter)]
-    command += ["--tasks", task, "--precision", PRECISION[dtype]]
-    command += ["--do_sample", "False", "--n_samples", "1", "--batch_size", "1"]
-    command += ["--max_length_generation", str(MAX_LENGTH), "--seed", str(settings.seed)]
-    command += ["--allow_code_execution", "--save_generations"]
-    command += ["--save_generations_path", str(out / "generations.json")]
-    command += ["--metric_output_path", str(out / "metrics.json")]
-    if settings.limit is not None:
-        command += ["--limit", str(settings.limit)]
-    return command
+def prompts_command(python: Path, task: str, limit: int | None, out: Path) -> list[str]:
+    """The task's prompts and stop words, written by the harness's task API."""
+    command = [str(python), str(PROMPTS_SCRIPT), task, str(out)]
+    return command + (["--limit", str(limit)] if limit is not None else [])
+
+
+def score_command(python: Path, task: str, generations: Path, count: int, out: Path) -> list[str]:
+    """The harness scoring saved generations: it runs each against the problem's tests."""
+    command = [str(python), "-m", "bigcode_eval.main", "--tasks", task]
+    command += ["--load_generations_path", str(generations), "--n_samples", "1"]
+    command += ["--limit", str(count), "--allow_code_execution"]
+    return [*command, "--metric_output_path", str(out / "metrics.json")]
+
+
+def generate(backend: Backend, prompts: list[str], stop: list[str], seed: int) -> list[list[str]]:
+    """Greedy completions, one per problem, each with its prompt in front: the form the
+    harness's post-processing cuts the prompt from."""
+    greedy = Sampling(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
+    completions = backend.complete(prompts, greedy, [seed] * len(prompts), stop)
+    return [
+        [prompt + completion.text] for prompt, completion in zip(prompts, completions, strict=True)
+    ]
 
 
 def run_bigcode(
-    harness: Path,
+    python: Path,
     model: ModelUnderTest,
+    engine: Engine,
     tasks: list[str],
-    dtype: str,
     settings: Settings,
     out: Path,
 ) -> dict[str, Any]:
-    """Run the harness for one model, one call per task into `out/TASK/` (versions of
-    the harness differ in how they name the generations of several tasks), and read
-    the results."""
+    """Each task for one model into `out/TASK/`: the harness's prompts, completions by
+    the evaluation's engine, then the harness's scores; the results in the project's
+    shape. The model is one folder: an adapter is merged into its base beforehand."""
+    failed = (
+        f"Results of the {model.label} model are not written; fix the cause and run the "
+        "same command again."
+    )
+    env = harness_env(offline=False)
+    name = "vllm" if engine.backend == "vllm" else "transformers"
+    backend = open_backend(name, model.pretrained, settings.seed, dtype=engine.dtype)
     results = {}
     for task in tasks:
         folder = out / task
         folder.mkdir(parents=True, exist_ok=True)
-        run_logged(
-            bigcode_command(harness, model, task, dtype, settings, folder),
-            harness_env(offline=False),
-            folder / "bigcode.log",
-            f"Results of the {model.label} model are not written; fix the cause and run the "
-            "same command again.",
-        )
+        log = folder / "bigcode.log"
+        prompts_path = folder / "prompts.json"
+        # In the caller's directory: the harness's datasets load from a folder of their
+        # name there before the Hub (an offline copy of evalplus/humanevalplus, say).
+        here = Path.cwd()
+        asking = prompts_command(python, task, settings.limit, prompts_path)
+        run_logged(asking, env, log, failed, here)
+        asked = json.loads(prompts_path.read_text())
+        generations = generate(backend, asked["prompts"], asked["stop"], settings.seed)
+        generations_path = folder / "generations.json"
+        generations_path.write_text(json.dumps(generations))
+        scoring = score_command(python, task, generations_path, len(generations), folder)
+        run_logged(scoring, env, log, failed, here)
         results[task] = read_bigcode_result(folder, task)
     return results
 
@@ -122,20 +149,25 @@ def binomial_stderr(rate: float, trials: int) -> float | None:
 
 
 def read_bigcode_result(folder: Path, task: str) -> dict[str, Any]:
-    """metrics.json ({task: {metric: value}, "config": …}) and the saved generations
-    (one list per problem, `generations.json` or `generations_TASK.json` by version)
-    → the project's {samples, output_type, metrics}."""
+    """The harness's metrics.json ({task: {metric: value, metric_stderr: …}, "config": …})
+    and the generations it scored (one list per problem) → the project's {samples,
+    output_type, metrics}; pass@1's standard error is lm-eval's (the sample standard
+    deviation), so that it compares with lm-eval's tasks."""
     path = folder / "metrics.json"
     if not path.is_file():
         raise TunerError(f"{path}: bigcode-evaluation-harness wrote no metrics (see bigcode.log).")
     values = json.loads(path.read_text()).get(task)
     if not isinstance(values, dict):
         raise TunerError(f"{path} holds no results for {task} (see {folder / 'bigcode.log'}).")
-    saved = sorted(folder.glob("generations*.json"))
-    problems = len(json.loads(saved[0].read_text())) if saved else None
+    generations = folder / "generations.json"
+    problems = len(json.loads(generations.read_text())) if generations.is_file() else None
     metrics = {}
     for name, value in values.items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or name.endswith("_stderr")
+        ):
             continue
         stderr = binomial_stderr(value, problems) if name == "pass@1" and problems else None
         metrics[name] = {

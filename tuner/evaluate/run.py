@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.evaluate.bigcode import harness_dir, harness_revision, run_bigcode
+from tuner.evaluate.bigcode import bigcode_version, harness_python, run_bigcode
 from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
 from tuner.evaluate.diversity import distinct_n_with_stderr
 from tuner.evaluate.harness import (
@@ -129,12 +129,21 @@ def for_engine(
     model: ModelUnderTest, engine: Engine, eval_dir: Path, console: Console
 ) -> ModelUnderTest:
     """vLLM gets an adapter merged into its base (see merge.py)."""
-    if engine.backend != "vllm" or model.adapter is None:
+    if engine.backend != "vllm":
         return model
-    merged = merged_model(
+    return merged(model, engine, eval_dir, console)
+
+
+def merged(
+    model: ModelUnderTest, engine: Engine, eval_dir: Path, console: Console
+) -> ModelUnderTest:
+    """The model as one folder: an adapter merged into its base (kept in eval/merged/)."""
+    if model.adapter is None:
+        return model
+    folder = merged_model(
         model.adapter, model.pretrained, engine.dtype, eval_dir / "merged", console
     )
-    return ModelUnderTest(model.label, str(merged), model.tokenizer, adapter=None)
+    return ModelUnderTest(model.label, str(folder), model.tokenizer, adapter=None)
 
 
 def shared_settings(
@@ -150,7 +159,7 @@ def shared_settings(
     config = Path(tokenizer) / "tokenizer_config.json"
     harnesses = [f"lm_eval {harness_version()}"]
     if bigcode is not None:
-        harnesses.append(f"bigcode-evaluation-harness {harness_revision(bigcode)}")
+        harnesses.append(bigcode_version(bigcode))
     return {
         "harness": ", ".join(harnesses),
         "suite": suite_name,
@@ -218,9 +227,8 @@ def evaluate_model(
     add_diversity(tasks, folders)
     if bigcode is not None:
         code_tasks = [b.task for b in chosen.on("bigcode")]
-        tasks |= run_bigcode(
-            bigcode, model, code_tasks, engine.dtype, run_settings, out / "bigcode"
-        )
+        whole = merged(model, engine, eval_dir, console)
+        tasks |= run_bigcode(bigcode, whole, engine, code_tasks, run_settings, out / "bigcode")
     return {
         "label": model.label,
         "model": identity,
@@ -261,7 +269,7 @@ def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console
     backend = check_backend(options["backend"] or default_backend())
     config = run_config(task, hardware)
     bigcode_tasks = [b.task for b in suite.variant(variant).on("bigcode")]
-    bigcode = harness_dir(bigcode_tasks) if bigcode_tasks else None
+    bigcode = harness_python(bigcode_tasks) if bigcode_tasks else None
     models = models_under_test(task, hardware, config, options["only"])
     engine = engine_for(config, backend)
     settings = shared_settings(suite_name, suite, variant, engine, models[0].tokenizer, bigcode)

@@ -88,11 +88,17 @@ class VllmBackend(ChatTemplate):
     name = "vllm"
 
     def __init__(
-        self, model: str, seed: int, tensor_parallel: int = 1, compile: bool | None = None
+        self,
+        model: str,
+        seed: int,
+        tensor_parallel: int = 1,
+        compile: bool | None = None,
+        dtype: str | None = None,
     ) -> None:
         """`compile`: torch.compile (and CUDA graphs on a GPU) before generating. On CPU it
         costs about two minutes at start and gives about 1.5 times the tokens/s, so it
-        pays on long runs only; unset, it is on for GPUs and off for CPUs."""
+        pays on long runs only; unset, it is on for GPUs and off for CPUs. `dtype`: unset,
+        bfloat16 on CPUs and the model's own on GPUs."""
         on_cpu = cpu_only()
         if on_cpu:
             configure_vllm_for_cpu()
@@ -103,7 +109,7 @@ class VllmBackend(ChatTemplate):
             seed=seed,
             tensor_parallel_size=tensor_parallel,
             enforce_eager=not (compile if compile is not None else not on_cpu),
-            dtype="bfloat16" if on_cpu else "auto",
+            dtype=dtype or ("bfloat16" if on_cpu else "auto"),
             max_model_len=4096 if on_cpu else None,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -255,9 +261,15 @@ class TransformersBackend(ChatTemplate):
 
 
 def open_backend(
-    name: str, model: str, seed: int, tensor_parallel: int = 1, compile: bool | None = None
+    name: str,
+    model: str,
+    seed: int,
+    tensor_parallel: int = 1,
+    compile: bool | None = None,
+    dtype: str | None = None,
 ) -> Backend:
-    """The named backend; `auto` takes vLLM when it is installed, else transformers."""
+    """The named backend; `auto` takes vLLM when it is installed, else transformers.
+    `dtype` (torch's name) unset: each backend's default."""
     if name not in BACKENDS:
         raise TunerError(f"Unknown backend '{name}'. Choose one of: {', '.join(BACKENDS)}.")
     if name == "auto":
@@ -268,5 +280,5 @@ def open_backend(
                 "vLLM is not installed in this environment. Run `just setup` (it builds "
                 ".venvs/infer with vLLM's CPU build), or use backend=transformers."
             )
-        return VllmBackend(model, seed, tensor_parallel, compile)
-    return TransformersBackend(model, seed)
+        return VllmBackend(model, seed, tensor_parallel, compile, dtype)
+    return TransformersBackend(model, seed, dtype=dtype)
