@@ -55,6 +55,10 @@ doctor: setup
 build hw *args: setup
     {{python}} -m tuner build "$@"
 
+# Resolve the GPU images' locks (containers/locks/) for their platforms (--check verifies them)
+lock *args: setup
+    {{python}} -m tuner lock "$@"
+
 # Estimate memory, time and cost of TASK on HW before renting it (--all: every pair)
 plan *args: setup
     {{python}} -m tuner plan "$@"

@@ -240,3 +240,50 @@ def test_doctor_reports_the_machine_and_never_a_token_value(fake_docker):
     assert "HF_TOKEN" in done.stdout and "hf_value_that_must_not_appear" not in done.stdout
     assert "none (CUDA not available)" in done.stdout
     assert "bigcode-evaluation-harness" in done.stdout and "BIGCODE_PYTHON unset" in done.stdout
+
+
+def install_nvidia_smi(bin_dir: Path, driver: str) -> None:
+    """A stand-in for nvidia-smi (no GPU here): it answers the driver query only."""
+    script = bin_dir / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\necho {driver}\n")
+    script.chmod(0o755)
+
+
+def test_train_stops_before_the_image_when_the_hosts_driver_is_too_old(fake_docker):
+    log, env = fake_docker
+    install_nvidia_smi(Path(env["PATH"].split(os.pathsep)[0]), "550.54.15")
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "train", "math", "a100"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "driver is 550.54.15" in done.stderr and "needs 580.65.06 or newer" in done.stderr
+    assert not log.exists()
+
+
+def test_driver_checks_compare_versions_part_by_part():
+    from tuner.containers import driver_problem
+
+    assert driver_problem("a100", "580.65.06") is None
+    assert driver_problem("a100", "590.1.2") is None
+    assert "needs 580.65.06" in driver_problem("dgx-spark", "580.9.1")
+    assert driver_problem("cpu", "450.1") is None and driver_problem("a100", None) is None
+
+
+def test_doctor_reports_the_driver_against_the_images(fake_docker):
+    _, env = fake_docker
+    install_nvidia_smi(Path(env["PATH"].split(os.pathsep)[0]), "535.104.05")
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "doctor"],
+        cwd=ROOT,
+        env={**env, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "535.104.05: too old for t4, a100, 4090x8, dgx-spark" in " ".join(done.stdout.split())

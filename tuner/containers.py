@@ -118,6 +118,36 @@ def build(hardware: str, evaluation: bool) -> list[str]:
     return [image_tag(hardware)] + ([image_tag(hardware, True)] if evaluation else [])
 
 
+def host_driver() -> str | None:
+    """The NVIDIA driver version nvidia-smi reports here (None without one)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    done = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    versions = done.stdout.split() if done.returncode == 0 else []
+    return versions[0] if versions else None
+
+
+def driver_problem(hardware: str, host: str | None) -> str | None:
+    """Why the host's driver cannot run the target's image (its CUDA's minimum driver,
+    containers/targets.yaml), or None when it can or either is unknown."""
+    need = load_targets().get(hardware, {}).get("min_driver")
+    if need is None or host is None:
+        return None
+
+    def parts(version: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+    if parts(host) >= parts(need):
+        return None
+    return (
+        f"This host's NVIDIA driver is {host}; the {hardware} image's CUDA 13 needs {need} or "
+        "newer (the R580 branch). Update the host's driver. On a host without Docker, "
+        "`just setup` installs the PyTorch build for the driver it has instead (uv's "
+        "--torch-backend=auto), and `just train` runs there directly."
+    )
+
+
 def should_dispatch() -> bool:
     """Docker is here and its daemon answers, and this is not already an image."""
     return not in_image() and docker_answers()

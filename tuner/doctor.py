@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tuner.containers import available_engines, in_image
+from tuner.containers import available_engines, driver_problem, host_driver, in_image, load_targets
 from tuner.environments import VENVS
 from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, detect_gpus
@@ -80,6 +80,7 @@ def report(console: Console) -> None:
             table.add_row("P2P", f"{sum(access.values())} of {len(access)} GPU pairs")
     else:
         table.add_row("GPU", "none (CUDA not available): the cpu overlay runs here")
+    table.add_row("NVIDIA driver", driver_status(host_driver()))
     for name in ("train", "infer"):
         python = VENVS / name / "bin" / "python"
         table.add_row(f"{name} environment", str(python) if python.is_file() else "missing")
@@ -92,6 +93,17 @@ def report(console: Console) -> None:
     for token in TOKENS:
         table.add_row(token, "set" if os.environ.get(token) else "not set")
     console.print(table)
+
+
+def driver_status(host: str | None) -> str:
+    """The host's driver against each GPU image's minimum (containers/targets.yaml)."""
+    if host is None:
+        return "none (nvidia-smi not found)"
+    gpu_targets = [name for name, t in load_targets().items() if t.get("min_driver")]
+    too_old = [name for name in gpu_targets if driver_problem(name, host)]
+    if not too_old:
+        return f"{host}: runs the GPU images ({', '.join(gpu_targets)})"
+    return f"{host}: too old for {', '.join(too_old)}. {driver_problem(too_old[0], host)}"
 
 
 def sandbox_status() -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tuner.containers import run_in_image, should_dispatch
+from tuner.containers import driver_problem, host_driver, in_image, run_in_image, should_dispatch
 from tuner.doctor import multi_gpu_preflight, unified_memory_preflight
 from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
@@ -142,6 +142,10 @@ def train(
         raise TunerError(report.summary())
 
     profile = gpu_profile(recipe.meta, hardware)
+    if profile is not None and (in_image() or should_dispatch()):
+        problem = driver_problem(hardware, host_driver())
+        if problem:
+            raise TunerError(problem)
     if profile is not None and should_dispatch():
         run_in_image(
             hardware, ["train", task, hardware, *overrides, *(["--fresh"] if fresh else [])]
