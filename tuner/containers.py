@@ -123,7 +123,10 @@ def host_driver() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-    done = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    try:
+        done = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     versions = done.stdout.split() if done.returncode == 0 else []
     return versions[0] if versions else None
 

@@ -142,11 +142,13 @@ def train(
         raise TunerError(report.summary())
 
     profile = gpu_profile(recipe.meta, hardware)
-    if profile is not None and (in_image() or should_dispatch()):
+    dispatch = profile is not None and should_dispatch()
+    # The image's torch is a CUDA 13 build: without the driver for it, stop here.
+    if profile is not None and (dispatch or in_image()):
         problem = driver_problem(hardware, host_driver())
         if problem:
             raise TunerError(problem)
-    if profile is not None and should_dispatch():
+    if dispatch:
         run_in_image(
             hardware, ["train", task, hardware, *overrides, *(["--fresh"] if fresh else [])]
         )
