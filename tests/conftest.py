@@ -13,10 +13,11 @@ from tuner.project import ROOT
 
 
 def run_tuner(
-    *args: str, runs: Path | None = None, timeout: int = 900
+    *args: str, runs: Path | None = None, timeout: int = 900, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m tuner ARGS` from the repository root, output captured."""
-    env = dict(os.environ)
+    """`python -m tuner ARGS` from the repository root, output captured; in this
+    process's environment unless given another."""
+    env = dict(os.environ if env is None else env)
     if runs is not None:
         env["TUNER_RUNS"] = str(runs)
     return subprocess.run(

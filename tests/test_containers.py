@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from tests.conftest import run_tuner
 from tuner.containers import (
     available_engines,
     build_commands,
@@ -187,14 +188,7 @@ def fake_docker(tmp_path) -> tuple[Path, dict[str, str]]:
 
 def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker):
     log, env = fake_docker
-    done = subprocess.run(
-        [sys.executable, "-m", "tuner", "train", "math", "a100", "lora_r=32"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_tuner("train", "math", "a100", "lora_r=32", env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     [args] = [json.loads(line) for line in log.read_text().splitlines()]
     assert args[:2] == ["run", "--rm"]
@@ -212,14 +206,7 @@ def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker):
 def test_inside_the_image_train_runs_axolotl_directly(fake_docker):
     log, env = fake_docker
     env["TUNER_IMAGE"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-m", "tuner", "train", "math", "a100"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_tuner("train", "math", "a100", env=env, timeout=300)
     # No docker call: it went on to the machine check (this machine has no GPU).
     assert not log.exists()
     assert done.returncode == 2 and "no CUDA GPU" in done.stderr
@@ -227,12 +214,9 @@ def test_inside_the_image_train_runs_axolotl_directly(fake_docker):
 
 def test_doctor_reports_the_machine_and_never_a_token_value(fake_docker):
     _, env = fake_docker
-    done = subprocess.run(
-        [sys.executable, "-m", "tuner", "doctor"],
-        cwd=ROOT,
+    done = run_tuner(
+        "doctor",
         env={**{k: v for k, v in env.items() if k != "BIGCODE_PYTHON"}, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -252,14 +236,7 @@ def install_nvidia_smi(bin_dir: Path, driver: str) -> None:
 def test_train_stops_before_the_image_when_the_hosts_driver_is_too_old(fake_docker):
     log, env = fake_docker
     install_nvidia_smi(Path(env["PATH"].split(os.pathsep)[0]), "550.54.15")
-    done = subprocess.run(
-        [sys.executable, "-m", "tuner", "train", "math", "a100"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_tuner("train", "math", "a100", env=env, timeout=300)
     assert done.returncode == 2
     assert "driver is 550.54.15" in done.stderr and "needs 580.65.06 or newer" in done.stderr
     assert not log.exists()
@@ -277,13 +254,6 @@ def test_driver_checks_compare_versions_part_by_part():
 def test_doctor_reports_the_driver_against_the_images(fake_docker):
     _, env = fake_docker
     install_nvidia_smi(Path(env["PATH"].split(os.pathsep)[0]), "535.104.05")
-    done = subprocess.run(
-        [sys.executable, "-m", "tuner", "doctor"],
-        cwd=ROOT,
-        env={**env, "COLUMNS": "300"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_tuner("doctor", env={**env, "COLUMNS": "300"}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "535.104.05: too old for t4, a100, 4090x8, dgx-spark" in " ".join(done.stdout.split())
