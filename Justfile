@@ -55,7 +55,7 @@ doctor: setup
 build hw *args: setup
     {{python}} -m tuner build "$@"
 
-# Resolve the GPU images' locks (containers/locks/) for their platforms (--check verifies them)
+# Resolve the images' locks (containers/locks/) for their platforms (--check verifies them)
 lock *args: setup
     {{python}} -m tuner lock "$@"
 

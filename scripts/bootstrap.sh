@@ -7,10 +7,9 @@
 # package. Idempotent: a stamp per environment holds the hash of what it was built
 # from, so a second run costs a few milliseconds.
 #
-# The GPU images do not run it: they install their locks (containers/locks/, `just lock`);
-# the cpu image does, with TUNER_VENVS=/opt/venvs (where the environments go; default:
-# .venvs/ in the checkout), and sets TUNER_IMAGE=1 for run time: the environments come
-# with the image.
+# The images do not run it: they install their locks (containers/locks/, `just lock`)
+# into TUNER_VENVS=/opt/venvs (where the environments go; default: .venvs/ in the
+# checkout) and set TUNER_IMAGE=1, which makes it a no-op there.
 #
 # Where torch comes from: on a GPU host without the images (a Colab T4, a rented VM;
 # nvidia-smi answers), uv's --torch-backend=auto picks the PyTorch build for the host's

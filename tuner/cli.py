@@ -293,14 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "lock",
-        help="resolve the GPU images' locks (containers/locks/) for their platforms",
-        description="Resolves each environment of each GPU target's image with uv for the "
+        help="resolve the images' locks (containers/locks/) for their platforms",
+        description="Resolves each environment of each target's image with uv for the "
         "image's platform and Python, wheels only (containers/targets.yaml), into "
         "containers/locks/TARGET.ENV.txt. --check resolves the locks again instead and "
         "reports pins without a wheel, conflicts, what pyproject.toml asks that a lock "
         "lacks, and a torch whose CUDA is not the base image's.",
     )
-    p.add_argument("targets", nargs="*", help="targets (all GPU targets by default)")
+    p.add_argument("targets", nargs="*", help="targets (all by default)")
     p.add_argument("--check", action="store_true", help="check the locks, write nothing")
     p.set_defaults(func=cmd_lock)
 

