@@ -52,6 +52,8 @@ def test_each_lock_holds_what_pyproject_asks_and_a_torch_of_the_base_images_cuda
     pins = read_pins(lock.path.read_text())
     assert unmet(lock, pins) == []
     assert pins["torch"] == (lock.torch or "2.13.0")
+    options = [line for line in lock.path.read_text().splitlines() if line.startswith("--")]
+    assert options[0] == "--only-binary :all:" and len(options) == 1 + len(PURE_PYTHON_SOURCES)
     assert cuda_problems(load_targets()[lock.target], pins) == []
 
 
@@ -93,6 +95,25 @@ def test_the_pure_python_sources_build_into_pure_wheels(tmp_path):
         assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
         with zipfile.ZipFile(wheel) as archive:
             assert not [n for n in archive.namelist() if n.endswith((".so", ".pyd"))]
+
+
+def test_pip_keeps_the_pure_python_exceptions_of_a_locks_wheel_rule(tmp_path):
+    """pip, which installs the locks in the images, applies a requirements file's options
+    in order: `--only-binary :all:` after the `--no-binary` lines (as uv writes them)
+    would clear the exceptions and refuse the pure-Python sources."""
+    options = [line for line in A100_TRAIN.path.read_text().splitlines() if line.startswith("--")]
+
+    def pip_accepts(lines: list[str]) -> subprocess.CompletedProcess:
+        probe = tmp_path / "probe.txt"
+        probe.write_text("\n".join([*lines, "langdetect==1.0.9", "six==1.17.0"]) + "\n")
+        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet"]
+        command += ["--ignore-installed", "--disable-pip-version-check", "-r", str(probe)]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    done = pip_accepts(options)
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused = pip_accepts([*options[1:], options[0]])
+    assert refused.returncode != 0 and "langdetect==1.0.9" in refused.stderr
 
 
 def test_the_images_as_they_were_fail_these_checks(tmp_path):

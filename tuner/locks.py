@@ -158,10 +158,11 @@ def unmet(lock: Lock, pins: dict[str, str]) -> list[str]:
     return problems
 
 
-def uv_compile(lock: Lock, source: Path, output: Path, *, no_deps: bool = False) -> str:
+def uv_compile(lock: Lock, source: Path, output: Path) -> str:
     """`uv pip compile` for the lock's platform and Python, wheels only but for the pure
-    Python sources; the error text when it finds no resolution, else ''."""
-    command = [sys.executable, "-m", "uv", "pip", "compile", str(source), "-o", str(output)]
+    Python sources; the error text when it finds no resolution, else ''. Run beside
+    `source`, so the lock names it without its scratch folder."""
+    command = [sys.executable, "-m", "uv", "pip", "compile", source.name, "-o", str(output)]
     command += ["--python-platform", lock.uv_platform, "--python-version", lock.python]
     command += ["--only-binary", ":all:", "--emit-build-options", "--quiet"]
     # The pure-Python sources' metadata builds with this interpreter: uv would otherwise
@@ -171,10 +172,8 @@ def uv_compile(lock: Lock, source: Path, output: Path, *, no_deps: bool = False)
     command += [f"--no-emit-package={name}" for name in lock.left_out]
     if lock.torch_wheels:
         command += ["--find-links", os.environ.get(TORCH_WHEELS_ENV, lock.torch_wheels)]
-    command += ["--custom-compile-command", f"just lock {lock.target}"]
-    if no_deps:
-        command.append("--no-deps")
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    command += ["--custom-compile-command", "just lock"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=source.parent)
     if done.returncode == 0:
         return ""
     lines = [line for line in done.stderr.splitlines() if not line.startswith("warning")]
@@ -186,7 +185,7 @@ def write_lock(lock: Lock) -> dict[str, str]:
     they no longer fit, so a regeneration changes only what it must); its pins."""
     LOCKS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        source = Path(scratch) / f"{lock.target}.{lock.environment}.in"
+        source = Path(scratch) / f"{lock.environment}.in"
         source.write_text("".join(f"{r}\n" for r in lock.requirements()))
         error = uv_compile(lock, source, lock.path)
     if error:
@@ -194,7 +193,23 @@ def write_lock(lock: Lock) -> dict[str, str]:
             f"uv found no resolution for {lock.path.relative_to(ROOT)} "
             f"({lock.platform}, Python {lock.python}, wheels only):\n{error}"
         )
-    return read_pins(lock.path.read_text())
+    text = pip_ordered(lock.path.read_text())
+    lock.path.write_text(text)
+    return read_pins(text)
+
+
+def pip_ordered(text: str) -> str:
+    """The lock with `--only-binary :all:` before the `--no-binary` exceptions: pip
+    reads a requirements file's options in order, and `--only-binary :all:` clears the
+    exceptions named before it (uv writes them the other way round)."""
+    lines = text.splitlines(keepends=True)
+    options = [line for line in lines if line.startswith(("--only-binary", "--no-binary"))]
+    if not options:
+        return text
+    first = lines.index(options[0])
+    rest = [line for line in lines if line not in options]
+    ordered = sorted(options, key=lambda line: not line.startswith("--only-binary"))
+    return "".join(rest[:first] + ordered + rest[first:])
 
 
 def resolution_problems(lock: Lock, text: str) -> list[str]:
