@@ -73,8 +73,9 @@ class ModelSlot:
     the current one first; asking for the same one again reuses it (a model that both
     answers and judges loads once)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, dtype: str | None = None) -> None:
         self.seed = seed
+        self.dtype = dtype
         self.model: str | None = None
         self.backend: Backend | None = None
 
@@ -82,7 +83,7 @@ class ModelSlot:
         if self.backend is not None and self.model == model and kind in ("auto", self.backend.name):
             return self.backend
         self.release()
-        self.backend = open_backend(kind, resolve_model(model), self.seed)
+        self.backend = open_backend(kind, resolve_model(model), self.seed, dtype=self.dtype)
         self.model = model
         return self.backend
 

@@ -28,9 +28,10 @@ from tuner.environments import subprocess_env
 from tuner.errors import TunerError
 from tuner.evaluate.harness import Engine, ModelUnderTest, harness_env
 from tuner.evaluate.suites import Settings
-from tuner.generate.backends import Backend, open_backend
+from tuner.generate.backends import Backend
 from tuner.generate.templates import Sampling
 from tuner.logged import run_logged
+from tuner.preferences import ModelSlot
 from tuner.project import ROOT
 
 HARNESS_PYTHON_ENV = "BIGCODE_PYTHON"
@@ -48,8 +49,8 @@ def harness_python(tasks: list[str]) -> Path:
             f"The suite runs {', '.join(tasks)} with bigcode-evaluation-harness, which is not "
             f"set up here ({HARNESS_PYTHON_ENV} is unset). Run `just eval` inside the "
             "evaluation image (`just build HW --eval`), or make an environment for it "
-            f"(`python3 -m venv .venvs/bigcode && .venvs/bigcode/bin/pip install "
-            f"'{DISTRIBUTION}==26.3' peft`) and set {HARNESS_PYTHON_ENV}=.venvs/bigcode/bin/python."
+            "(`python3 -m venv .venvs/bigcode && .venvs/bigcode/bin/pip install '.[bigcode]'`) "
+            f"and set {HARNESS_PYTHON_ENV}=.venvs/bigcode/bin/python."
         )
     python = Path(configured)
     if not python.is_file():
@@ -117,27 +118,42 @@ def run_bigcode(
         "same command again."
     )
     env = harness_env(offline=False)
-    name = "vllm" if engine.backend == "vllm" else "transformers"
-    backend = open_backend(name, model.pretrained, settings.seed, dtype=engine.dtype)
-    results = {}
-    for task in tasks:
-        folder = out / task
-        folder.mkdir(parents=True, exist_ok=True)
-        log = folder / "bigcode.log"
-        prompts_path = folder / "prompts.json"
-        # In the caller's directory: the harness's datasets load from a folder of their
-        # name there before the Hub (an offline copy of evalplus/humanevalplus, say).
-        here = Path.cwd()
-        asking = prompts_command(python, task, settings.limit, prompts_path)
-        run_logged(asking, env, log, failed, here)
-        asked = json.loads(prompts_path.read_text())
-        generations = generate(backend, asked["prompts"], asked["stop"], settings.seed)
-        generations_path = folder / "generations.json"
-        generations_path.write_text(json.dumps(generations))
-        scoring = score_command(python, task, generations_path, len(generations), folder)
-        run_logged(scoring, env, log, failed, here)
-        results[task] = read_bigcode_result(folder, task)
-    return results
+    # One model on the GPU at a time: it is freed before the next model's evaluation.
+    slot = ModelSlot(settings.seed, dtype=engine.dtype)
+    backend = slot.get(model.pretrained, "vllm" if engine.backend == "vllm" else "transformers")
+    try:
+        return {
+            task: bigcode_task(python, backend, task, settings, out / task, env, failed)
+            for task in tasks
+        }
+    finally:
+        slot.release()
+
+
+def bigcode_task(
+    python: Path,
+    backend: Backend,
+    task: str,
+    settings: Settings,
+    folder: Path,
+    env: dict[str, str],
+    failed: str,
+) -> dict[str, Any]:
+    """One task into `folder`: the harness's prompts, the completions, its scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "bigcode.log"
+    prompts_path = folder / "prompts.json"
+    # In the caller's directory: the harness's datasets load from a folder of their name
+    # there before the Hub (an offline copy of evalplus/humanevalplus, say).
+    here = Path.cwd()
+    run_logged(prompts_command(python, task, settings.limit, prompts_path), env, log, failed, here)
+    asked = json.loads(prompts_path.read_text())
+    generations = generate(backend, asked["prompts"], asked["stop"], settings.seed)
+    generations_path = folder / "generations.json"
+    generations_path.write_text(json.dumps(generations))
+    scoring = score_command(python, task, generations_path, len(generations), folder)
+    run_logged(scoring, env, log, failed, here)
+    return read_bigcode_result(folder, task)
 
 
 def binomial_stderr(rate: float, trials: int) -> float | None:
