@@ -27,7 +27,6 @@ from tuner.containers import load_targets
 from tuner.locks import (
     PURE_PYTHON_SOURCES,
     TORCH_WHEELS_ENV,
-    Lock,
     cuda_problems,
     locks,
     read_pins,
@@ -126,9 +125,7 @@ def test_the_images_as_they_were_fail_these_checks(tmp_path):
     [problem] = resolution_problems(A100_TRAIN, lock)
     assert "flash-attn" in problem and "Wheels are required" in problem
     # DeepSpeed 0.18.2 beside Axolotl 0.19's deepspeed extra (>= 0.18.6, < 0.19).
-    multi_gpu = Lock(
-        "4090x8", "train", ("train", "deepspeed", "dev"), "linux/amd64", "3.12", "2.39"
-    )
+    multi_gpu = next(lk for lk in LOCKS if (lk.target, lk.environment) == ("4090x8", "train"))
     text = multi_gpu.path.read_text()
     old = text.replace(f"deepspeed=={read_pins(text)['deepspeed']}\n", "deepspeed==0.18.2\n")
     [problem] = resolution_problems(multi_gpu, old)
