@@ -1,7 +1,7 @@
 """`just doctor`: what this machine has for the recipes — GPUs and their peer access,
-the environments, container engines, the code sandbox, bigcode-evaluation-harness,
-tokens (present or not, never their values) — and the preflight checks `just train`
-runs on a GPU target."""
+the NVIDIA driver against the GPU images' minimum, the environments, container
+engines, the code sandbox, bigcode-evaluation-harness, tokens (present or not, never
+their values) — and the preflight checks `just train` runs on a GPU target."""
 
 from __future__ import annotations
 
