@@ -91,7 +91,7 @@ def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_the_cpu_image_lists_the_recipes_and_trains_a_step(storage, cpu_image):
     # runc, and explicit ulimits: crun and podman's default ulimits fail on this
-    # machine's hybrid cgroups (see HARDWARE.md).
+    # machine's hybrid cgroups.
     command = ["podman", *storage, "--runtime", "runc", "run", "--rm"]
     command += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
     command += ["--entrypoint", "bash", cpu_image, "-c"]

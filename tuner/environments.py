@@ -1,4 +1,4 @@
-"""The two environments `just setup` builds (see DESIGN.md): `.venvs/train` (Axolotl)
+"""The two environments `just setup` builds (scripts/bootstrap.sh): `.venvs/train` (Axolotl)
 and `.venvs/infer` (vLLM, lm-eval). A stage that needs the other one runs there as a
 subprocess of that environment's python, from the repository root."""
 

@@ -60,7 +60,7 @@ def cpu_only() -> bool:
 
 
 def configure_vllm_for_cpu() -> None:
-    """Settings the CPU build of vLLM needs here (see DESIGN.md); the user's own
+    """Settings the CPU build of vLLM needs to start on a CPU; the user's own
     environment wins."""
     cache = cache_dir()
     defaults = {
