@@ -202,6 +202,9 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
 
         config["base_model"] = portable(embedded_model_dir())
 
+    if meta.get("prompt"):
+        render_formats(config, meta, hardware)
+
     config.setdefault("output_dir", portable(out))
     config.setdefault("dataset_prepared_path", portable(out / "prepared"))
     overrides_given = dict(user)
@@ -210,6 +213,39 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
     if data_size is not None:
         overrides_given[DATA_SIZE_KEY] = data_size
     return ComposedRecipe(task, hardware, config, meta, overrides_given)
+
+
+def render_formats(config: dict[str, Any], meta: dict[str, Any], hardware: str) -> None:
+    """Instruction/output datasets get their Axolotl formats from the chat template the
+    config trains with (see tuner.chat). `tuner.prompt` is the user's turn, over the
+    columns; `tuner.prompt_with_input`, the same where the row has an input. A format
+    the user gives is kept."""
+    from tuner.chat import chat_format, facts_for, user_format
+
+    readers = [
+        entry["type"]
+        for entry in config.get("datasets") or []
+        if isinstance(entry, dict) and isinstance(entry.get("type"), dict)
+    ]
+    if not readers:
+        return
+    facts = facts_for(config, meta, hardware)
+    if facts is None:
+        raise TunerError(unknown_tokenizer(str(config.get("base_model"))))
+    chat = chat_format(config, facts)
+    for reader in readers:
+        reader.setdefault("no_input_format", user_format(chat, meta["prompt"]))
+        if reader.get("field_input"):
+            with_input = meta.get("prompt_with_input", meta["prompt"])
+            reader.setdefault("format", user_format(chat, with_input))
+
+
+def unknown_tokenizer(model: str) -> str:
+    return (
+        f"base_model {model}: its tokenizer cannot be read here, so its chat template and "
+        "end of turn are unknown. Download it once (`hf download "
+        f"{model} --include 'tokenizer*'`), or add it to recipes/tokenizers.yaml."
+    )
 
 
 def user_path(name: str) -> Path:

@@ -1,7 +1,8 @@
 """Validate a composed config: Axolotl's own schema with the target's capabilities, plus
 the checks Axolotl lacks (misspelt keys, bf16 on Turing, FlashAttention-2 where no build
 exists, DeepSpeed on the DGX Spark, packing that would leak attention across samples,
-an attention backend whose kernels the target's image does not have).
+an attention backend whose kernels the target's image does not have, an end of turn
+that training, the chat template and generation do not agree on).
 Attention backends are read through Axolotl's own tables, so they follow its releases."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
 from tuner.recipes import ComposedRecipe
 
@@ -53,6 +55,7 @@ def validate(recipe: ComposedRecipe) -> ValidationReport:
     report.problems += unknown_keys(recipe.config)
     report.problems += hardware_checks(recipe.config, profile)
     report.problems += image_checks(recipe.config, recipe.hardware)
+    report.problems += chat_checks(recipe)
     # Axolotl's messages about keys it does not know would repeat the ones above.
     if not report.problems:
         report.problems += axolotl_checks(recipe.config, profile)
@@ -173,6 +176,76 @@ def image_checks(config: dict[str, Any], hardware: str) -> list[Problem]:
             f"use one of {', '.join(available)}.",
         )
     ]
+
+
+def chat_checks(recipe: ComposedRecipe) -> list[Problem]:
+    """Training must end each answer with the token the chat template ends an assistant
+    turn with, and generation must stop on it (see tuner.chat)."""
+    from tuner.chat import chat_format, facts_for, user_format
+    from tuner.recipes import unknown_tokenizer
+
+    config = recipe.config
+    try:
+        facts = facts_for(config, recipe.meta, recipe.hardware)
+        if facts is None:
+            return [Problem("base_model", unknown_tokenizer(str(config.get("base_model"))))]
+        chat = chat_format(config, facts)
+    except TunerError as err:
+        return [Problem("chat_template", str(err))]
+    name, end = f"the {chat.template_name} template", chat.end_of_turn
+    if facts.tokens and end not in facts.tokens:
+        return [
+            Problem(
+                "chat_template",
+                f"{name} ends an assistant turn with {end}, which {facts.model}'s tokenizer "
+                f"does not have (its chat tokens: {', '.join(facts.tokens)}). Name a "
+                "template built on those, and set special_tokens.eos_token to the token "
+                "it ends a turn with.",
+            )
+        ]
+    problems = []
+    if chat.eos != end:
+        set_by = "special_tokens.eos_token" if chat.eos != facts.eos else "the tokenizer's eos"
+        problems.append(
+            Problem(
+                "special_tokens.eos_token",
+                f"training ends each answer with {chat.eos} ({set_by}) and generation stops "
+                f"on it, but {name} ends an assistant turn with {end}: the model would not "
+                f"learn to stop where its template ends a turn. Set "
+                f"special_tokens: {{eos_token: '{end}'}}.",
+            )
+        )
+    eot = config.get("eot_tokens")
+    if eot and end not in eot:
+        problems.append(
+            Problem("eot_tokens", f"{eot} leaves out {end}, the end of turn of {name}.")
+        )
+    opening, generation_prompt = user_format(chat, "{instruction}").split("{instruction}", 1)
+    for index, entry in enumerate(config.get("datasets") or []):
+        reader = entry.get("type") if isinstance(entry, dict) else None
+        where = f"datasets[{index}]"
+        if isinstance(reader, str) and reader.startswith("chat_template"):
+            for key in ("train_on_eos", "train_on_eot"):
+                if entry.get(key) == "none":
+                    problems.append(
+                        Problem(f"{where}.{key}", f"'none' leaves {end} out of the loss.")
+                    )
+        if not isinstance(reader, dict):
+            continue
+        for key in ("format", "no_input_format"):
+            written = reader.get(key)
+            if written is None:
+                continue
+            if not (written.startswith(opening) and written.endswith(generation_prompt)):
+                problems.append(
+                    Problem(
+                        f"{where}.type.{key}",
+                        f"does not render a user turn of {name} "
+                        f"({opening + '{instruction}' + generation_prompt!r}). Leave it "
+                        "out: the task's tuner.prompt renders it from the template.",
+                    )
+                )
+    return problems
 
 
 def axolotl_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[Problem]:
