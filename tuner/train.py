@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tuner.chat import chat_format, facts_for, saved_chat
 from tuner.containers import driver_problem, host_driver, in_image, run_in_image, should_dispatch
 from tuner.doctor import multi_gpu_preflight, unified_memory_preflight
 from tuner.errors import TunerError
@@ -122,6 +123,20 @@ def ensure_base_model(recipe: ComposedRecipe, env: dict[str, str], log: Path) ->
     run_logged(["axolotl", "merge-lora", str(source / "config.yaml")], env, log, RESUME_HINT)
 
 
+def chat_record(recipe: ComposedRecipe) -> dict[str, Any]:
+    """The chat format the run trains with (validation has checked it agrees)."""
+    facts = facts_for(recipe.config, recipe.meta, recipe.hardware)
+    if facts is None:
+        return {}
+    chat = chat_format(recipe.config, facts)
+    return {
+        "template": chat.template_name,
+        "template_sha256": chat.template_sha256,
+        "end_of_turn": chat.end_of_turn,
+        "eos": chat.eos,
+    }
+
+
 def launcher_args(recipe: ComposedRecipe) -> list[str]:
     profile = gpu_profile(recipe.meta, recipe.hardware)
     if profile and profile.count > 1:
@@ -201,6 +216,7 @@ def train(
         "base_model": recipe.config.get("base_model"),
         "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),
         "seed": recipe.config.get("seed"),
+        "chat": chat_record(recipe),
         "gpus": [asdict(g) for g in detected],
         "env": recipe.env,
         "resumed_from": resumed_from,
@@ -219,7 +235,14 @@ def train(
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
         write_manifest(manifest_path, manifest)
         raise
+    saved = saved_chat(out)
+    if saved["end_of_turn"] != saved["eos"]:
+        console.print(
+            f"[yellow]The tokenizer saved in {out} stops on {saved['eos']}, but its chat "
+            f"template ends an assistant turn with {saved['end_of_turn']}.[/yellow]"
+        )
     manifest.update(
+        chat={**manifest["chat"], "saved": saved},
         status="completed",
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         wall_time_s=round(time.monotonic() - start, 1),

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from tuner.chat import saved_template
 from tuner.errors import TunerError
 from tuner.evaluate.bigcode import bigcode_version, harness_python, run_bigcode
 from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
@@ -42,7 +43,7 @@ from tuner.evaluate.harness import (
 from tuner.evaluate.judging import judge_answers
 from tuner.evaluate.merge import merged_model
 from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite
-from tuner.manifest import sha256_file
+from tuner.manifest import read_manifest, sha256_file, sha256_text
 from tuner.models import embedded_model_dir, ensure_embedded_model
 from tuner.options import choice, parse_options, positive_int
 from tuner.project import ROOT, run_dir
@@ -56,6 +57,7 @@ OPTIONS = {
     "backend": (choice(*BACKENDS), None),
     "variant": (choice(*VARIANTS), None),
     "only": (choice("base", "tuned"), None),
+    "template": (choice("trained", "any"), "trained"),
 }
 
 
@@ -113,6 +115,24 @@ def models_under_test(
     return chosen[only] if trained else [base]
 
 
+def check_chat_template(task: str, hardware: str, tokenizer: Path) -> None:
+    """Both models are served with the chat template saved with the run. It must be the
+    one the run trained with (the manifest keeps its hash): one edited or replaced since
+    would score a format the model never learnt."""
+    manifest = read_manifest(run_dir(task, hardware) / "manifest.json") or {}
+    trained = ((manifest.get("chat") or {}).get("saved") or {}).get("chat_template_sha256")
+    if not trained:
+        return
+    template = saved_template(tokenizer)
+    if template is None or sha256_text(template) != trained:
+        raise TunerError(
+            f"{tokenizer}: its chat template is not the one the run trained with (the "
+            f"manifest has {trained[:12]}…, the folder "
+            f"{sha256_text(template)[:12] + '…' if template else 'none'}). Restore it, "
+            f"train again, or pass template=any to evaluate with the folder's as it is."
+        )
+
+
 def engine_for(config: dict[str, Any], backend: str) -> Engine:
     from tuner.generate.backends import configure_vllm_for_cpu, cpu_only
 
@@ -155,8 +175,7 @@ def shared_settings(
     bigcode: Path | None,
 ) -> dict[str, Any]:
     """Everything both models' results must agree on to be compared."""
-    template = Path(tokenizer) / "chat_template.jinja"
-    config = Path(tokenizer) / "tokenizer_config.json"
+    template = saved_template(Path(tokenizer))
     harnesses = [f"lm_eval {harness_version()}"]
     if bigcode is not None:
         harnesses.append(bigcode_version(bigcode))
@@ -169,9 +188,7 @@ def shared_settings(
         "backend": engine.backend,
         "dtype": engine.dtype,
         "tokenizer": tokenizer,
-        "chat_template_sha256": sha256_file(template if template.is_file() else config)
-        if config.is_file()
-        else None,
+        "chat_template_sha256": sha256_text(template) if template else None,
         **suite.settings.model_dump(),
     }
 
@@ -271,6 +288,8 @@ def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console
     bigcode_tasks = [b.task for b in suite.variant(variant).on("bigcode")]
     bigcode = harness_python(bigcode_tasks) if bigcode_tasks else None
     models = models_under_test(task, hardware, config, options["only"])
+    if options["template"] == "trained":
+        check_chat_template(task, hardware, Path(models[0].tokenizer))
     engine = engine_for(config, backend)
     settings = shared_settings(suite_name, suite, variant, engine, models[0].tokenizer, bigcode)
     if options["limit"] is not None:
