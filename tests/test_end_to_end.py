@@ -246,6 +246,46 @@ def test_manifest_records_code_libraries_config_data_seed_and_time(demo):
     assert manifest["seed"] == 42 and manifest["wall_time_s"] > 0
 
 
+def test_manifest_records_the_chat_format_trained_and_the_one_saved(demo):
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    chat = json.loads((run / "manifest.json").read_text())["chat"]
+    assert chat["template"] == "chatml"
+    assert chat["end_of_turn"] == chat["eos"] == "<|im_end|>"
+    saved = chat["saved"]
+    from tuner.manifest import sha256_text
+
+    assert saved["chat_template_sha256"] == sha256_text((run / "chat_template.jinja").read_text())
+    assert saved["end_of_turn"] == saved["eos"] == "<|im_end|>"
+
+
+def test_eval_refuses_a_chat_template_other_than_the_trained_one(demo, tmp_path):
+    """On a copy of the trained run whose saved template was edited since."""
+    clone, _ = demo
+    runs = tmp_path / "runs"
+    shutil.copytree(
+        clone.runs / "instruction-cpu",
+        runs / "instruction-cpu",
+        ignore=shutil.ignore_patterns("checkpoint-*", "eval", "merged", "prepared"),
+    )
+    template = runs / "instruction-cpu" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    env = {**clean_env(), "TUNER_RUNS": str(runs)}
+    python = str(clone.root / ".venvs" / "infer" / "bin" / "python")
+    done = subprocess.run(
+        [python, "-m", "tuner", "eval", "instruction", "cpu", "limit=1"],
+        cwd=clone.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "not the one the run trained with" in done.stderr and "template=any" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (runs / "instruction-cpu" / "eval").exists()
+
+
 def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
     """Loss of the training answers under the base model and under base + adapter."""
     import torch
