@@ -22,7 +22,9 @@ from tuner.records import Conversation, read_records
 
 
 def test_every_family_has_a_template_that_opens_a_user_turn():
-    assert {"llama-3", "qwen2", "mistral", "gemma", "smollm2"} <= set(families())
+    assert {"llama-3", "llama-3.1", "qwen2", "mistral", "mistral-v1", "gemma", "smollm2"} <= set(
+        families()
+    )
     for family in families().values():
         prompt = family.instruction_prompt(persona("math"))
         assert "{system}" not in prompt
@@ -35,7 +37,9 @@ def test_every_family_has_a_template_that_opens_a_user_turn():
     ("model", "family"),
     [
         ("Qwen/Qwen2.5-7B-Instruct", "qwen2"),
-        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3"),
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1"),
+        ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-v1"),
         ("mistralai/Mistral-Small-24B-Instruct-2501", "mistral"),
         ("google/gemma-2-9b-it", "gemma"),
         ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "smollm2"),
@@ -50,27 +54,79 @@ def test_an_unknown_model_asks_for_a_template_and_lists_them():
         family_for("acme/unknown-7b")
 
 
-def test_the_smollm2_template_is_the_models_own_chat_template_up_to_the_user_turn():
-    """The pre-query prompt must be exactly what the model saw in training before a
-    user's message, default system prompt included, or Magpie gets fragments."""
-    from transformers import AutoTokenizer
+# Each family's pre-query against its models' real chat templates (tests/real_tokenizers).
+# Llama 3.0's template is TRL's copy of the original, on the Llama 3 vocabulary that 3.1
+# kept. Gemma's and Mistral's tekken vocabularies ship in no package here: their
+# templates are the published ones (TRL's and Axolotl's copies), rendered with their
+# published bos and eos.
+TEMPLATE_CASES = [
+    ("Qwen/Qwen2.5-7B-Instruct", None, "qwen2"),
+    ("meta-llama/Llama-3.1-8B-Instruct", None, "llama-3.1"),
+    ("meta-llama/Llama-3.2-3B-Instruct", None, "llama-3.1"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "trl/llama3", "llama-3"),
+    ("mistralai/Mistral-7B-Instruct-v0.1", None, "mistral-v1"),
+    ("mistralai/Mistral-7B-Instruct-v0.2", None, "mistral-v1"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", None, "mistral-v3"),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", None, "smollm2"),
+    (None, "trl/gemma", "gemma"),
+    (None, "axolotl/mistral_v7_tekken", "mistral"),
+]
+PUBLISHED_TOKENS = {"gemma": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>")}
 
-    model = ensure_embedded_model()
-    family = family_for(str(model))
-    assert family.name == "smollm2"
-    tokenizer = AutoTokenizer.from_pretrained(model)
+
+def renderer(model: str | None, reference: str | None, family: str):
+    """Renders conversations through the family's chat template as serving would, its
+    date fixed where the template prints one."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from tests.real_tokenizers import tokenizer_folder
+    from tuner.chat import library_template
+
+    if model is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model))
+        template = library_template(reference) if reference else tokenizer.chat_template
+        bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
+    else:
+        template = library_template(reference)
+        bos, eos = PUBLISHED_TOKENS[family]
+
+    def render(messages: list[dict[str, str]]) -> str:
+        rendered, _ = render_jinja_template(
+            [messages],
+            chat_template=template,
+            bos_token=bos,
+            eos_token=eos,
+            date_string="26 Jul 2024",
+        )
+        return rendered[0]
+
+    return render
+
+
+@pytest.mark.parametrize(("model", "reference", "name"), TEMPLATE_CASES)
+def test_each_pre_query_is_its_familys_chat_template_up_to_the_user_turn(model, reference, name):
+    """The pre-query must be exactly what the model saw before a user's message, default
+    system prompt included, or Magpie gets fragments."""
+    family = families()[name]
+    if model is not None and reference is None:
+        assert family_for(model).name == name
+    render = renderer(model, reference, name)
     system = family.system_prompt(persona("code"))
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "system", "content": system}, {"role": "user", "content": "MARK"}],
-        tokenize=False,
-    )
-    assert rendered.startswith(family.instruction_prompt(persona("code")) + "MARK")
-    assert rendered[len(family.instruction_prompt(persona("code")) + "MARK") :].startswith(
-        family.stop[0]
-    )
-    # With no system message the template inserts the family's default one.
-    bare = tokenizer.apply_chat_template([{"role": "user", "content": "MARK"}], tokenize=False)
-    assert bare.startswith(family.pre_query.replace("{system}", family.system))
+    opening = [{"role": "system", "content": system}] if system is not None else []
+    rendered = render([*opening, {"role": "user", "content": "MARK"}])
+    before, after = rendered.split("MARK", 1)
+    assert before.rstrip(" ") == family.instruction_prompt(persona("code"))
+    assert after.lstrip(" ").startswith(family.stop[0])
+    if family.system:
+        # With no system message the template inserts the family's default one.
+        bare = render([{"role": "user", "content": "MARK"}])
+        assert bare.startswith(family.pre_query.replace("{system}", family.system))
+    # A later user turn opens with user_turn, after the conversation so far.
+    so_far = [*opening, {"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}]
+    later = render([*so_far, {"role": "user", "content": "MARK"}]).split("MARK", 1)[0]
+    assert later.rstrip(" ") == render(so_far) + family.user_turn
 
 
 def test_options_name_the_accepted_keys():
@@ -187,3 +243,21 @@ def test_presets_load_and_the_cpu_preset_checkpoints_often():
     assert preset("cpu").checkpoint_every < preset("default").checkpoint_every
     with pytest.raises(TunerError, match="Known: "):
         preset("turbo")
+
+
+@pytest.mark.parametrize(
+    "model", ["meta-llama/Llama-3.1-8B-Instruct", "mistralai/Mistral-7B-Instruct-v0.3"]
+)
+def test_a_pre_query_keeps_the_one_bos_its_template_writes(model):
+    """Tokenizers that add a bos by themselves must not add a second one to a prompt
+    whose template already starts with it (vLLM tokenizes text prompts that way)."""
+    from transformers import AutoTokenizer
+
+    from tests.real_tokenizers import tokenizer_folder
+    from tuner.generate.backends import prompt_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model))
+    prompt = family_for(model).instruction_prompt(persona("math"))
+    assert tokenizer(prompt)["input_ids"][:2] == [tokenizer.bos_token_id] * 2
+    ids = prompt_tokens(tokenizer, prompt)
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id

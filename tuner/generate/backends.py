@@ -53,6 +53,12 @@ class Backend(Protocol):
         ...
 
 
+def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    """A prompt's token ids as written. Prompts here are rendered chat templates, which
+    write their own bos; a tokenizer that adds one (Llama 3, Mistral) would double it."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def cpu_only() -> bool:
     import torch
 
@@ -141,7 +147,8 @@ class VllmBackend(ChatTemplate):
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        tokenized = [{"prompt_token_ids": prompt_tokens(self.tokenizer, p)} for p in prompts]
+        outputs = self.llm.generate(tokenized, params, use_tqdm=False)
         return [
             Completion(
                 text=out.outputs[0].text,
