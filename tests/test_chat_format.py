@@ -232,6 +232,20 @@ def test_preference_pairs_end_with_the_sft_runs_end_of_turn(tmp_path: Any) -> No
         assert answer.endswith(tokenizer.eos_token) and tokenizer.eos_token == "<|im_end|>"
 
 
+def test_a_merged_model_stops_on_its_tokenizers_end_of_turn(tmp_path: Any) -> None:
+    """A model merged from a base keeps the base's generation config, whose eos ends a
+    document (SmolLM2's <|endoftext|>, id 0, stands for it here)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tuner.chat import stop_on_end_of_turn
+    from tuner.models import ensure_embedded_model
+
+    AutoTokenizer.from_pretrained(ensure_embedded_model()).save_pretrained(tmp_path)
+    GenerationConfig(eos_token_id=0).save_pretrained(tmp_path)
+    assert stop_on_end_of_turn(tmp_path) == [2, 0]
+    assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [2, 0]
+
+
 def test_a_family_the_formats_do_not_fit_is_refused() -> None:
     recipe = compose("math", "a100", ["base_model=meta-llama/Llama-3.1-8B"])
     problems = {p.key: p.message for p in validate(recipe).problems}

@@ -375,6 +375,8 @@ def test_dpo_trains_on_the_generated_pairs_on_top_of_the_merged_sft_model(demo, 
     assert done.returncode == 0, done.stderr[-5000:]
     merged = clone.runs / "instruction-cpu" / "merged"
     assert (merged / "config.json").is_file()
+    stops = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
+    assert stops[0] == 2  # <|im_end|>, the end of turn the SFT run trained
     manifest = json.loads((clone.runs / "dpo-cpu" / "manifest.json").read_text())
     assert manifest["base_model"] == "./runs/instruction-cpu/merged"
     [dataset] = manifest["datasets"]

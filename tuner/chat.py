@@ -275,3 +275,18 @@ def saved_chat(folder: Path) -> dict[str, str | None]:
         "end_of_turn": end_of_turn(template, facts) if template else None,
         "eos": facts.eos,
     }
+
+
+def stop_on_end_of_turn(folder: Path) -> list[int]:
+    """Make a model folder's generation config stop on its tokenizer's eos. A model
+    merged from a base keeps the base's config, whose eos ends a document: generation
+    with transformers would run past the end of every turn. Returns the stop ids."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    eos_id = AutoTokenizer.from_pretrained(folder, local_files_only=True).eos_token_id
+    config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    current = config.eos_token_id
+    current = current if isinstance(current, list) else [] if current is None else [current]
+    config.eos_token_id = [eos_id, *(i for i in current if i != eos_id)]
+    config.save_pretrained(folder)
+    return config.eos_token_id

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tuner.chat import chat_format, facts_for, saved_chat
+from tuner.chat import chat_format, facts_for, saved_chat, stop_on_end_of_turn
 from tuner.containers import driver_problem, host_driver, in_image, run_in_image, should_dispatch
 from tuner.doctor import multi_gpu_preflight, unified_memory_preflight
 from tuner.errors import TunerError
@@ -121,6 +121,7 @@ def ensure_base_model(recipe: ComposedRecipe, env: dict[str, str], log: Path) ->
         )
     console.print(f"Merging the {recipe.starts_from} adapter into its base model → {base}")
     run_logged(["axolotl", "merge-lora", str(source / "config.yaml")], env, log, RESUME_HINT)
+    stop_on_end_of_turn(base)
 
 
 def chat_record(recipe: ComposedRecipe) -> dict[str, Any]:
