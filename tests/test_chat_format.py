@@ -90,6 +90,31 @@ def axolotl_config(config: dict[str, Any]) -> Any:
     return cfg
 
 
+# What Axolotl's tokenizer loader reads from a config.
+TOKENIZER_KEYS = (
+    "tokenizer_config",
+    "special_tokens",
+    "tokens",
+    "chat_template",
+    "chat_template_jinja",
+    "sample_packing",
+    "attn_implementation",
+    "adapter",
+)
+_tokenizers: dict[str, Any] = {}
+
+
+def axolotl_tokenizer(cfg: Any) -> Any:
+    """Axolotl's own loader on the config. Configs that agree on every key it reads
+    share one load (a 150K vocabulary takes seconds)."""
+    from axolotl.loaders.tokenizer import load_tokenizer
+
+    key = json.dumps({k: cfg.get(k) for k in TOKENIZER_KEYS}, sort_keys=True, default=str)
+    if key not in _tokenizers:
+        _tokenizers[key] = load_tokenizer(cfg)
+    return _tokenizers[key]
+
+
 def spans(labels: list[int]) -> list[tuple[int, int]]:
     """(first, last) index of each run of trained labels."""
     found, start = [], None
@@ -167,7 +192,6 @@ def test_the_table_says_what_the_real_tokenizer_has(model: str) -> None:
 def test_axolotl_trains_the_end_of_turn_the_template_writes(
     task: str, model: str, extra: tuple[str, ...]
 ) -> None:
-    from axolotl.loaders.tokenizer import load_tokenizer
     from axolotl.prompt_strategies import load
 
     recipe = composed(task, model, extra)
@@ -175,7 +199,7 @@ def test_axolotl_trains_the_end_of_turn_the_template_writes(
     assert report.ok, report.summary()
     chat = chat_format(recipe.config, folder_facts(tokenizer_folder(model)))
     cfg = axolotl_config(recipe.config)
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = axolotl_tokenizer(cfg)
     assert tokenizer.eos_token == chat.end_of_turn
     end_id = tokenizer.convert_tokens_to_ids(chat.end_of_turn)
     dataset = cfg.datasets[0]

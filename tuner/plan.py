@@ -79,7 +79,8 @@ def model_for(recipe: ComposedRecipe) -> str:
     model has that task's base model's shape."""
     model = str(recipe.config["base_model"])
     if recipe.starts_from and not (ROOT / model / "config.json").is_file():
-        return str(compose(recipe.starts_from, recipe.hardware).config["base_model"])
+        starts_from = compose(recipe.starts_from, recipe.hardware, formats=False)
+        return str(starts_from.config["base_model"])
     return model
 
 
@@ -172,7 +173,7 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
     plan_args = [a for a in arguments if a.split("=", 1)[0] in PLAN_OPTIONS]
     options = parse_options(plan_args, PLAN_OPTIONS, "plan")
     overrides = [a for a in arguments if a not in plan_args]
-    recipe = compose(task, hardware, overrides)
+    recipe = compose(task, hardware, overrides, formats=False)
     config = recipe.config
     profile: GpuProfile | None = gpu_profile(recipe.meta, hardware)
     gpus = profile.count if profile else 1

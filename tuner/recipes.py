@@ -167,7 +167,13 @@ def _flatten_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def compose(task: str, hardware: str, overrides: list[str] | None = None) -> ComposedRecipe:
+def compose(
+    task: str, hardware: str, overrides: list[str] | None = None, formats: bool = True
+) -> ComposedRecipe:
+    """One task on one machine. `formats=False` leaves instruction/output formats
+    unrendered: rendering reads chat templates through Axolotl, which the inference
+    environment does not have, and the planner and evaluation read only the model,
+    its precision and its sizes."""
     task_cfg = load_task(task)
     hw_cfg = load_hardware(hardware)
     user = parse_overrides(overrides or [])
@@ -202,7 +208,7 @@ def compose(task: str, hardware: str, overrides: list[str] | None = None) -> Com
 
         config["base_model"] = portable(embedded_model_dir())
 
-    if meta.get("prompt"):
+    if formats and meta.get("prompt"):
         render_formats(config, meta, hardware)
 
     config.setdefault("output_dir", portable(out))

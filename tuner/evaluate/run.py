@@ -81,7 +81,7 @@ def run_config(task: str, hardware: str) -> dict[str, Any]:
     path = run_dir(task, hardware) / "config.yaml"
     if path.is_file():
         return yaml.safe_load(path.read_text())
-    return compose(task, hardware).config
+    return compose(task, hardware, formats=False).config
 
 
 def local_path(name: str) -> str:
