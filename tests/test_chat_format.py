@@ -270,6 +270,39 @@ def test_a_merged_model_stops_on_its_tokenizers_end_of_turn(tmp_path: Any) -> No
     assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [2, 0]
 
 
+def test_a_model_the_table_does_not_list_is_read_from_the_hugging_face_cache(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once downloaded, any model's own tokenizer is what composition and validation
+    read. The Hub is out of reach here: its cache layout is made by hand, holding the
+    real Llama 3.1 Instruct tokenizer under a name the table does not know."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    model, revision = "acme/llama-3.1-support-8b", "0" * 40
+    repo = tmp_path / "models--acme--llama-3.1-support-8b"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(
+        tokenizer_folder("meta-llama/Llama-3.1-8B-Instruct"), repo / "snapshots" / revision
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    recipe = compose("legal", "a100", [f"base_model={model}"])
+    assert validate(recipe).ok, validate(recipe).summary()
+    [dataset] = recipe.config["datasets"]
+    assert dataset["type"]["no_input_format"].endswith(
+        "<|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    # Not downloaded: validation says how to get it.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    unread = validate(compose("chat", "a100", [f"base_model={model}"]))
+    [problem] = unread.problems
+    assert problem.key == "base_model" and f"hf download {model}" in problem.message
+
+
 def test_a_family_the_formats_do_not_fit_is_refused() -> None:
     recipe = compose("math", "a100", ["base_model=meta-llama/Llama-3.1-8B"])
     problems = {p.key: p.message for p in validate(recipe).problems}
