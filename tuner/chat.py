@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,6 @@ def tokenizer_facts(model: str) -> TokenizerFacts | None:
 
 def template_for(config: dict[str, Any], facts: TokenizerFacts) -> tuple[str, str]:
     """The template name the config selects and its text, as Axolotl resolves them."""
-    from axolotl.utils.chat_templates import get_chat_template
-
     name = str(config.get("chat_template") or OWN_TEMPLATE)
     if name == "jinja":
         text = config.get("chat_template_jinja")
@@ -162,6 +161,8 @@ def template_for(config: dict[str, Any], facts: TokenizerFacts) -> tuple[str, st
                 f"template ({facts.source}). Name one, e.g. chat_template: chatml."
             )
         return name, facts.chat_template
+    from axolotl.utils.chat_templates import get_chat_template
+
     try:
         return name, get_chat_template(name)
     except ValueError as err:
@@ -171,15 +172,22 @@ def template_for(config: dict[str, Any], facts: TokenizerFacts) -> tuple[str, st
 def render(
     template: str, facts: TokenizerFacts, messages: list[dict[str, str]], generation: bool
 ) -> str:
+    from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(
-        [messages],
-        chat_template=template,
-        add_generation_prompt=generation,
-        bos_token=facts.bos or "",
-        eos_token=facts.eos,
-    )
+    try:
+        rendered, _ = render_jinja_template(
+            [messages],
+            chat_template=template,
+            add_generation_prompt=generation,
+            bos_token=facts.bos or "",
+            eos_token=facts.eos,
+        )
+    except TemplateError as err:
+        raise TunerError(
+            f"the chat template of {facts.model} ({facts.source}) cannot render a "
+            f"user and an assistant turn: {err}"
+        ) from None
     return rendered[0]
 
 
@@ -253,8 +261,6 @@ def facts_for(config: dict[str, Any], meta: dict[str, Any], hardware: str) -> To
 def saved_template(folder: Path) -> str | None:
     """The chat template a tokenizer folder holds: chat_template.jinja, which
     transformers writes, or the older tokenizer_config.json key."""
-    import json
-
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text()
@@ -265,16 +271,24 @@ def saved_template(folder: Path) -> str | None:
     return None
 
 
-def saved_chat(folder: Path) -> dict[str, str | None]:
-    """What a trained run's saved tokenizer serves with: its template's hash and end of
-    turn, and its eos. The manifest keeps them; evaluation and serving compare."""
+@dataclass(frozen=True)
+class SavedChat:
+    """What a trained run's saved tokenizer serves with. The manifest keeps it;
+    evaluation compares the folder's template against it."""
+
+    chat_template_sha256: str | None
+    end_of_turn: str | None
+    eos: str
+
+
+def saved_chat(folder: Path) -> SavedChat:
     facts = folder_facts(folder)
     template = saved_template(folder)
-    return {
-        "chat_template_sha256": sha256_text(template) if template else None,
-        "end_of_turn": end_of_turn(template, facts) if template else None,
-        "eos": facts.eos,
-    }
+    return SavedChat(
+        chat_template_sha256=sha256_text(template) if template else None,
+        end_of_turn=end_of_turn(template, facts) if template else None,
+        eos=facts.eos,
+    )
 
 
 def stop_on_end_of_turn(folder: Path) -> list[int]:

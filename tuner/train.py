@@ -237,13 +237,13 @@ def train(
         write_manifest(manifest_path, manifest)
         raise
     saved = saved_chat(out)
-    if saved["end_of_turn"] != saved["eos"]:
+    if saved.end_of_turn != saved.eos:
         console.print(
-            f"[yellow]The tokenizer saved in {out} stops on {saved['eos']}, but its chat "
-            f"template ends an assistant turn with {saved['end_of_turn']}.[/yellow]"
+            f"[yellow]The tokenizer saved in {out} stops on {saved.eos}, but its chat "
+            f"template ends an assistant turn with {saved.end_of_turn}.[/yellow]"
         )
     manifest.update(
-        chat={**manifest["chat"], "saved": saved},
+        chat={**manifest["chat"], "saved": asdict(saved)},
         status="completed",
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         wall_time_s=round(time.monotonic() - start, 1),
