@@ -337,3 +337,9 @@ def test_mistral_templates_render_what_mistral_common_encodes(model: str, versio
     messages = [{"role": role, "content": text} for role, text in turns]
     rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
     assert rendered["input_ids"] == reference
+
+
+def test_a_chat_template_that_cannot_render_is_a_problem_not_a_traceback() -> None:
+    recipe = compose("chat", "a100", ["chat_template=jinja", "chat_template_jinja='{% if %}'"])
+    problems = {p.key: p.message for p in validate(recipe).problems}
+    assert "cannot render" in problems["chat_template"]
