@@ -343,3 +343,11 @@ def test_a_chat_template_that_cannot_render_is_a_problem_not_a_traceback() -> No
     recipe = compose("chat", "a100", ["chat_template=jinja", "chat_template_jinja='{% if %}'"])
     problems = {p.key: p.message for p in validate(recipe).problems}
     assert "cannot render" in problems["chat_template"]
+
+
+def test_a_template_that_prints_todays_date_composes_the_same_every_day() -> None:
+    """Llama 3.2's template dates its system header with today's date: rendered as it
+    is, the config would change daily and a run could not resume under it."""
+    recipe = compose("legal", "a100", ["base_model=meta-llama/Llama-3.2-3B-Instruct"])
+    [dataset] = recipe.config["datasets"]
+    assert "Today Date: 26 Jul 2024\n" in dataset["type"]["no_input_format"]

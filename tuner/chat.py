@@ -39,6 +39,10 @@ TOKENIZERS = RECIPES / "tokenizers.yaml"
 OWN_TEMPLATE = "tokenizer_default"
 # Where `chat_template:` names in recipes/tokenizers.yaml point: library → folder.
 TEMPLATE_LIBRARIES = {"trl": "chat_templates", "axolotl": "utils/chat_templates/templates"}
+# Llama 3.1's templates print a date; 3.2's default to today's. The date they fall back
+# on keeps a composed config the same from one day to the next (a run resumes only
+# under the config it started with).
+TEMPLATE_DATE = "26 Jul 2024"
 # Stand-ins rendered through a template to find where each part of a turn goes.
 USER_MARK = "\x00USER\x00"
 ANSWER_MARK = "\x00ANSWER\x00"
@@ -182,6 +186,7 @@ def render(
             add_generation_prompt=generation,
             bos_token=facts.bos or "",
             eos_token=facts.eos,
+            date_string=TEMPLATE_DATE,
         )
     except TemplateError as err:
         raise TunerError(
