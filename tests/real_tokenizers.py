@@ -7,6 +7,7 @@ which Axolotl and transformers then load like a downloaded one."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import shutil
@@ -72,7 +73,6 @@ def sentencepiece_tokenizer(vocabulary: dict[str, Any], folder: Path) -> None:
     to import there. transformers ships a module of its own for the same format, used
     here for the one conversion. The tokenizer.json it writes then loads as the Hub's
     does, without sentencepiece."""
-    import transformers.convert_slow_tokenizer as conversion
     from transformers import AutoTokenizer
     from transformers.utils import sentencepiece_model_pb2_new
 
@@ -81,6 +81,9 @@ def sentencepiece_tokenizer(vocabulary: dict[str, Any], folder: Path) -> None:
     shutil.copy(package_file(vocabulary["package"], vocabulary["file"]), source / "tokenizer.model")
     config = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True}
     (source / "tokenizer_config.json").write_text(json.dumps(config))
+    # By module path: `transformers.convert_slow_tokenizer` can also name the function
+    # of that name, which transformers exports once something has imported it.
+    conversion = importlib.import_module("transformers.convert_slow_tokenizer")
     original = conversion.import_protobuf
     conversion.import_protobuf = lambda *args, **kwargs: sentencepiece_model_pb2_new
     try:
