@@ -360,3 +360,18 @@ def test_a_template_that_prints_todays_date_composes_the_same_every_day() -> Non
     recipe = compose("legal", "a100", ["base_model=meta-llama/Llama-3.2-3B-Instruct"])
     [dataset] = recipe.config["datasets"]
     assert "Today Date: 26 Jul 2024\n" in dataset["type"]["no_input_format"]
+
+
+def test_a_hand_written_format_of_another_family_is_refused() -> None:
+    recipe = compose("legal", "a100", ["base_model=meta-llama/Llama-3.1-8B-Instruct"])
+    chatml = "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    recipe.config["datasets"][0]["type"]["no_input_format"] = chatml
+    problems = {p.key: p.message for p in validate(recipe).problems}
+    assert "<|start_header_id|>user" in problems["datasets[0].type.no_input_format"]
+
+
+def test_a_conversation_dataset_that_leaves_the_end_of_turn_untrained_is_refused() -> None:
+    recipe = compose("chat", "a100")
+    recipe.config["datasets"][0]["train_on_eos"] = "none"
+    problems = {p.key: p.message for p in validate(recipe).problems}
+    assert "<|im_end|>" in problems["datasets[0].train_on_eos"]
