@@ -75,34 +75,22 @@ PUBLISHED_TOKENS = {"gemma": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>")}
 
 
 def renderer(model: str | None, reference: str | None, family: str):
-    """Renders conversations through the family's chat template as serving would, its
-    date fixed where the template prints one."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+    """Renders conversations through the family's chat template as composition does,
+    its date fixed where the template prints one."""
     from tests.real_tokenizers import tokenizer_folder
-    from tuner.chat import library_template
+    from tuner.chat import TokenizerFacts, library_template, render
 
     if model is not None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model))
         template = library_template(reference) if reference else tokenizer.chat_template
-        bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
+        bos, eos = tokenizer.bos_token, tokenizer.eos_token
     else:
         template = library_template(reference)
         bos, eos = PUBLISHED_TOKENS[family]
-
-    def render(messages: list[dict[str, str]]) -> str:
-        rendered, _ = render_jinja_template(
-            [messages],
-            chat_template=template,
-            bos_token=bos,
-            eos_token=eos,
-            date_string="26 Jul 2024",
-        )
-        return rendered[0]
-
-    return render
+    facts = TokenizerFacts(family, eos, bos, (), template, f"{model or reference}")
+    return lambda messages: render(template, facts, messages, generation=False)
 
 
 @pytest.mark.parametrize(("model", "reference", "name"), TEMPLATE_CASES)
