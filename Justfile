@@ -63,6 +63,10 @@ lock *args: setup
 plan *args: setup
     {{python}} -m tuner plan "$@"
 
+# A few real steps of TASK on HW: peak memory against the plan (steps=, random_weights=true)
+smoke task hw *overrides: setup
+    {{python}} -m tuner smoke "$@"
+
 # Evaluate base vs fine-tuned TASK on HW with the task's suite (limit=, backend=, only=)
 eval task hw *options: setup
     {{infer}} -m tuner eval "$@"

@@ -276,56 +276,21 @@ def near_duplicate_quality(
     }
 
 
-def estimate_as_published(item: dict[str, Any], training: Any) -> float:
-    """The planner's estimate in the source's unit and as it counts: PyTorch's allocator
-    sees neither the CUDA context nor managed memory (paged optimizer states)."""
-    from tuner.memory import GIB, architecture_for, estimate
-
-    memory = estimate(architecture_for(item["model"]), training)
-    unseen = memory.cuda_context + memory.paged_optimizer if item["allocated"] else 0
-    return (memory.total - unseen) / (GIB if item["unit"] == "GiB" else 1e9)
-
-
 def bench_plan(console: Console) -> Path:
     """The memory planner against published peak-memory measurements
-    (bench/published-memory.yaml): relative error of each estimate."""
-    from dataclasses import replace
+    (bench/published-memory.yaml): each row's relative error, and the band per method."""
+    from dataclasses import asdict
 
-    import yaml
+    from tuner.references import TARGET, comparisons, error_bands
 
-    from tuner.memory import Training, architecture_for, estimate
-
-    published = yaml.safe_load((ROOT / "bench" / "published-memory.yaml").read_text())
-    rows = []
-    for item in published:
-        training = Training(**item["training"])
-        estimated = estimate_as_published(item, training)
-        error = estimated / item["measured"] - 1
-        row = {
-            "name": item["name"],
-            "source": item["source"],
-            "measured": item["measured"],
-            "unit": item["unit"],
-            "estimated": round(estimated, 2),
-            "relative_error": round(error, 3),
-            "within_20_percent": abs(error) <= 0.2,
-            "breakdown_gib": estimate(architecture_for(item["model"]), training).gib(),
-        }
-        if item.get("unstated"):
-            # The estimate is affine in the batch and the sequence length (no s² term).
-            key = item["unstated"][0]
-            at_0, at_1 = (
-                estimate_as_published(item, replace(training, **{key: v})) for v in (0, 1)
-            )
-            row["unstated"] = item["unstated"]
-            row[f"{key}_matching_figure"] = round((item["measured"] - at_0) / (at_1 - at_0))
-        rows.append(row)
+    rows = [comparison.as_dict() for comparison in comparisons()]
     return write_result(
         "plan",
         {
-            "target": "each estimate within 20% of the published figure",
+            "target": f"each estimate within {TARGET:.0%} of the published figure",
             "within_target": sum(r["within_20_percent"] for r in rows),
             "comparisons": len(rows),
+            "error_bands": {method: asdict(band) for method, band in error_bands().items()},
             "results": rows,
         },
         console,

@@ -180,6 +180,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
         err.print(f"Wrote {args.json}")
 
 
+def cmd_smoke(args: argparse.Namespace) -> None:
+    from tuner.smoke import smoke
+
+    smoke(args.task, args.hardware, args.overrides, out)
+
+
 def cmd_prefs(args: argparse.Namespace) -> None:
     from tuner.preferences import build_preferences
 
@@ -308,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         help="memory, time and cost of a recipe on a card, before renting it",
         description="Estimates peak GPU memory per device (weights, adapter, gradients, "
-        "optimizer, activations, logits, ZeRO sharding), a verdict with the overrides that "
-        "would make it fit, tokens, steps, time and cost. Besides Axolotl overrides: "
+        "optimizer, activations, logits, ZeRO sharding) with the planner's error band on "
+        "published measurements (bench/published-memory.yaml), a verdict at the band's "
+        "upper edge with the overrides that would make it fit, tokens, steps, time and cost. Besides Axolotl overrides: "
         "rows=, tokens_per_row= (data size), price= (per hour), mfu= (assumed utilisation).",
     )
     p.add_argument("task", nargs="?")
@@ -318,6 +325,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every task × hardware pair, one table")
     p.add_argument("--json", type=Path, help="also write the plans to this JSON file")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "smoke",
+        help="a few real training steps, peak memory measured against the plan",
+        description="Runs Axolotl for a few steps on the config `just train` composes, "
+        "every batch padded to sequence_len, and writes runs/TASK-HW/smoke.json: peak "
+        "memory per device (allocated and reserved; on cpu the process's resident "
+        "memory) beside the plan's estimate and its error band, the step time, tokens/s "
+        "and a verdict. Besides Axolotl overrides: steps= (4), random_weights=true "
+        "(build the base model from its config.json, no weights download).",
+    )
+    p.add_argument("task")
+    p.add_argument("hardware")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser(
         "eval",

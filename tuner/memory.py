@@ -1,30 +1,46 @@
-"""Peak GPU memory of a training run, per device, from the model's shape and the
-composed config: weights, adapter, gradients, optimizer states, activations, logits,
-and DeepSpeed ZeRO sharding.
+"""Peak memory of a training run per device, from the model's shape and the composed
+config: what stays for the whole run, plus the largest of what each phase of a step
+adds, plus what the allocator keeps and the CUDA context.
 
-The model (bytes; b micro-batch, s sequence length, h hidden, I intermediate, L layers,
-V vocabulary, kv the key/value width):
-- weights: 2 per parameter in bf16/fp16; the decoder's linear layers at 1 (8-bit) or
-  about 0.516 (4-bit NF4 in blocks of 64 with double-quantised scales)
-  while embeddings and the LM head stay 16-bit.
-- LoRA adapter: r·(in + out) per adapted linear, kept in fp32 (PEFT's default), with
-  fp32 gradients and the optimizer's states for those parameters only. Full fine-tuning:
-  16-bit gradients and states for every parameter.
-- optimizer states per trainable parameter: AdamW 8 (two fp32 moments), 8-bit AdamW 2.
-  A paged optimizer (bitsandbytes' `paged_*`) puts the states of every tensor of at
-  least 100,000 elements in CUDA managed memory, outside PyTorch's allocator: they stay
-  on the card while it has room and move to CPU memory when it is full (slower steps).
-  They are counted apart (`paged_optimizer`) so a verdict can say "fits by paging".
-- activations saved for backward, per token and layer, 2 bytes per element: norm inputs
-  and outputs, q/k/v and the attention output (8h + 2kv), the MLP's gate, up, activation
-  and product (4I), and with LoRA dropout a dropped copy of every adapted input
-  (6h + I). FlashAttention/SDPA keep no s×s matrix. With gradient checkpointing only each
-  layer's input is kept (h per token and layer) plus one layer recomputed at a time.
-- logits: b·s·V elements as 16-bit logits, their fp32 copy for the loss and its fp32
-  gradient (10 bytes each).
-- ZeRO: stage 1 shards optimizer states, 2 also gradients, 3 also weights, over the GPUs.
-- DPO: chosen and rejected sequences double the tokens; without an adapter the frozen
-  reference model doubles the weights (with one, the reference is the adapter disabled).
+Bytes (b micro-batch, s sequence length, T = b·s tokens, h hidden, I intermediate,
+L layers, V vocabulary, kv the key/value width; p the bytes of an unquantised weight,
+2 in bf16/fp16, 4 in fp32 on a CPU):
+
+What stays:
+- weights: p per parameter; the decoder's linear layers at 1 (8-bit) or about 0.516
+  (NF4 in blocks of 64 with double-quantised scales) while embeddings and the LM head
+  stay p. DPO without an adapter holds a frozen reference copy as well.
+- LoRA adapter: r·(in + out) per adapted linear at 4 bytes (PEFT keeps adapters in
+  fp32) or 2 where a framework trains everything in bf16 (torchtune, LitGPT bf16-true).
+- optimizer states: AdamW two moments in the trainable weights' dtype (torch creates
+  them with `zeros_like`), 8-bit AdamW 2 bytes; DeepSpeed adds an fp32 master copy and
+  keeps fp32 moments (12 bytes). bitsandbytes' paged optimizers put the states of
+  every tensor of at least 100,000 elements in CUDA managed memory, outside PyTorch's
+  allocator: counted apart (`paged_optimizer`), so a verdict can say "fits by paging".
+
+What each phase adds (the peak is the largest):
+- forward and loss: the activations saved for backward, per token and layer p bytes ×
+  (8h + 2kv + 4I): norm inputs and outputs, q/k/v and the attention output, the MLP's
+  gate, up, activation and product; LoRA dropout adds a dropped copy of every adapted
+  input. FlashAttention/SDPA keep no s×s matrix. With gradient checkpointing only each
+  layer's input (h) is kept. The loss: T·V 16-bit logits, their fp32 copy and the
+  fp32 log-softmax (10 bytes each), or 2 when the loss is chunked.
+- backward: the saved activations are freed as the gradients are written, so the
+  phase peaks at the larger of the two, plus one layer's full activations recomputed
+  when checkpointing. Gradients stay through the forward pass when gradients
+  accumulate over micro-batches.
+- optimizer step: all gradients, plus torch's multi-tensor (foreach) AdamW
+  temporaries of one moment's size; fused and 8-bit kernels step tensor by tensor.
+- QLoRA dequantises one weight at a time to 16-bit for its matmul: the largest linear.
+
+Sharding (DeepSpeed ZeRO, FSDP as stage 3): stage 1 splits the optimizer states, 2
+also the gradients, 3 also the weights over the GPUs, and stage 3 gathers the full
+weights of two layers at a time (the one computed and the one prefetched).
+
+The allocator: Axolotl runs PyTorch with expandable segments, so freed memory is
+reused; what PyTorch reserves beyond its peak allocation is taken as one more block
+of the largest short-lived tensor (the fp32 logits, or one layer's recomputed
+activations), a modelling assumption that no published measurement checks yet.
 """
 
 from __future__ import annotations
@@ -42,9 +58,13 @@ from tuner.project import RECIPES, ROOT
 GIB = 1024**3
 # 4-bit values, an 8-bit scale per block of 64, an fp32 scale per 256 blocks.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw_8bit": 2.0, "sgd": 0.0, "adafactor": 4.0}
+# Optimizer state bytes per trainable parameter. AdamW's two moments take the trainable
+# weights' dtype, or fp32 under DeepSpeed (see estimate).
+FIXED_STATE_BYTES = {"adamw_8bit": 2.0, "sgd": 0.0, "adafactor": 4.0}
+OPTIMIZERS = ("adamw", *FIXED_STATE_BYTES)
 # bitsandbytes allocates the states of smaller tensors with PyTorch, unpaged.
 PAGED_MIN_ELEMENTS = 100_000
+LOSS_CHUNKS = 8
 ZERO_SHARDS = {
     0: (),
     1: ("optimizer",),
@@ -156,15 +176,15 @@ class Training:
     """What the memory depends on, read from a composed config."""
 
     micro_batch: int
-    sequence_len: int
+    sequence_len: int  # the longest batch: sequence_len when packed or padded to it
     gradient_checkpointing: bool
     adapter: str | None  # "lora", "qlora" or None (full fine-tuning)
     lora_rank: int
     lora_targets: list[str] | None  # None: every linear layer
     lora_dropout: bool
     weight_bits: int  # 16, 8 or 4
-    optimizer: str  # a key of OPTIMIZER_BYTES
-    zero_stage: int
+    optimizer: str  # one of OPTIMIZERS
+    zero_stage: int  # DeepSpeed ZeRO's stage; FSDP's full sharding counts as 3
     gpus: int
     chunked_loss: bool = False
     # DPO: every row is a chosen and a rejected sequence, and without an adapter the
@@ -174,8 +194,19 @@ class Training:
     # torchtune's optimizer_in_bwd: each gradient is applied and freed as soon as it is
     # computed, so only the largest one exists at a time. Axolotl has no such option
     # (from_config leaves it off); it is here so the formulas can be checked against
-    # torchtune's published full fine-tuning figure.
+    # torchtune's published figures.
     optimizer_in_backward: bool = False
+    precision_bytes: int = 2  # of unquantised weights and activations: 4 in fp32
+    adapter_bytes: int = 4  # PEFT's fp32 adapters; 2 where everything trains in bf16
+    gradient_accumulation: int = 1
+    # torch's multi-tensor AdamW (adamw_torch) steps all tensors at once through
+    # temporaries; the fused one (adamw_torch_fused) and bitsandbytes' do not.
+    foreach_optimizer: bool = False
+    # DeepSpeed's bf16/fp16 mode: an fp32 master copy of the trainable weights and fp32
+    # moments, whatever the weights' dtype.
+    master_weights: bool = False
+    # torchtune's activation offloading: saved activations wait in CPU memory.
+    activation_offloading: bool = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any], gpus: int) -> Training:
@@ -185,9 +216,10 @@ class Training:
         kind = (
             "adamw_8bit" if "8bit" in optimizer else "adamw" if "adam" in optimizer else optimizer
         )
-        if kind not in OPTIMIZER_BYTES:
+        if kind not in OPTIMIZERS:
             kind = "adamw"
         targets = None if config.get("lora_target_linear") else config.get("lora_target_modules")
+        deepspeed = config.get("deepspeed")
         return cls(
             micro_batch=int(config.get("micro_batch_size", 1)),
             sequence_len=int(config.get("sequence_len", 2048)),
@@ -198,13 +230,24 @@ class Training:
             lora_dropout=float(config.get("lora_dropout", 0) or 0) > 0,
             weight_bits=bits,
             optimizer=kind,
-            zero_stage=zero_stage(config.get("deepspeed")),
+            zero_stage=zero_stage(deepspeed),
             gpus=gpus,
             chunked_loss=bool(
                 config.get("chunked_cross_entropy") or config.get("cut_cross_entropy")
             ),
+            preference=config.get("rl") in ("dpo", "ipo", "orpo", "simpo"),
             paged_optimizer=optimizer.startswith("paged_"),
+            # The cpu overlay trains in fp32 (bf16 and fp16 false); the GPU ones in bf16.
+            precision_bytes=2 if config.get("bf16") or config.get("fp16") else 4,
+            gradient_accumulation=int(config.get("gradient_accumulation_steps", 1)),
+            foreach_optimizer=optimizer in ("adamw_torch", "adam_torch", "adamw_hf"),
+            master_weights=bool(deepspeed),
         )
+
+    @property
+    def method(self) -> str:
+        """LoRA, QLoRA or full fine-tuning: the error bands are measured per method."""
+        return self.adapter or "full"
 
 
 def zero_stage(deepspeed: str | None) -> int:
@@ -218,93 +261,180 @@ def zero_stage(deepspeed: str | None) -> int:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device."""
+    """Bytes per device at the peak: what stays for the run, and what the phase in
+    which the peak falls adds."""
 
     weights: float
     adapter: float
-    gradients: float
     optimizer: float
     paged_optimizer: float
+    gradients: float
     activations: float
     logits: float
+    step_buffers: float
+    dequantized: float
+    gathered_weights: float
+    allocator: float
     cuda_context: float
+    phase: str
+
+    def parts(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k != "phase"}
+
+    @property
+    def allocated(self) -> float:
+        """PyTorch's peak allocation (`torch.cuda.max_memory_allocated`)."""
+        unseen = self.paged_optimizer + self.allocator + self.cuda_context
+        return sum(self.parts().values()) - unseen
+
+    @property
+    def reserved(self) -> float:
+        """What PyTorch's caching allocator holds (`torch.cuda.max_memory_reserved`)."""
+        return self.allocated + self.allocator
 
     @property
     def total(self) -> float:
-        """Peak with every part on the card."""
-        return sum(asdict(self).values())
+        """Peak with every part on the card, the CUDA context included."""
+        return sum(self.parts().values())
 
     @property
     def resident(self) -> float:
         """Peak without the paged optimizer states, which can wait in CPU memory."""
         return self.total - self.paged_optimizer
 
+    def largest_part(self) -> str:
+        return max(self.parts().items(), key=lambda item: item[1])[0]
+
     def gib(self) -> dict[str, float]:
-        parts = {k: round(v / GIB, 2) for k, v in asdict(self).items()}
+        parts = {k: round(v / GIB, 2) for k, v in self.parts().items()}
         return {**parts, "total": round(self.total / GIB, 2)}
 
 
 def activation_bytes_per_token_layer(arch: Architecture, training: Training) -> float:
+    """What one decoder layer saves for backward per token, as transformers' Llama-style
+    layers do in eager PyTorch (p the activations' bytes):
+    - two RMSNorms, each its input upcast to fp32 and its normalised output: (4 + p)·h;
+    - attention: q and k before RoPE, rotated and after it (3h + 3kv), v (kv), and the
+      attention output (h); FlashAttention/SDPA keep no s×s matrix;
+    - the MLP: gate, activation, up and their product (4I);
+    - LoRA dropout: each adapted input's dropped copy and its 1-byte mask."""
     h, kv, inter = arch.hidden, arch.kv_width, arch.intermediate
-    elements = 8 * h + 2 * kv + 4 * inter
+    p = training.precision_bytes
+    saved = 2 * (4 + p) * h + p * (4 * h + 4 * kv + 4 * inter)
     if training.adapter and training.lora_dropout:
-        targets = training.lora_targets or list(arch.linear_shapes())
-        elements += sum(arch.linear_shapes()[t][0] for t in targets if t in arch.linear_shapes())
-    return 2.0 * elements
+        shapes = arch.linear_shapes()
+        targets = training.lora_targets or list(shapes)
+        saved += (p + 1) * sum(shapes[t][0] for t in targets if t in shapes)
+    return float(saved)
+
+
+def loss_bytes_per_logit(training: Training) -> tuple[float, float]:
+    """Bytes per logit (T·V of them) in the forward pass and at the start of backward.
+    transformers' loss upcasts the logits to fp32 and keeps the fp32 log-softmax (p + 4
+    + 4, the upcast a no-op in fp32); backward begins with the log-softmax, its fp32
+    gradient and the logits' gradient (p + 4 + 4 + p). A chunked loss keeps only the
+    16-bit logits, and backward takes its gradients a chunk at a time (torchtune's 8)."""
+    p = training.precision_bytes
+    if training.chunked_loss:
+        return float(p), p + (4.0 + p) / LOSS_CHUNKS
+    return p + (4.0 if p < 4 else 0.0) + 4.0, 8.0 + 2 * p
 
 
 def estimate(
     arch: Architecture, training: Training, cuda_context_gib: float = 0.5
 ) -> MemoryEstimate:
-    sequences = training.micro_batch * (2 if training.preference else 1)
-    tokens = sequences * training.sequence_len
-    if training.weight_bits == 16:
-        weights = 2.0 * arch.params
-    else:
-        per_linear = 1.0 if training.weight_bits == 8 else NF4_BYTES
-        weights = per_linear * arch.linear_params + 2.0 * arch.other_params
+    p = training.precision_bytes
+    tokens = training.micro_batch * (2 if training.preference else 1) * training.sequence_len
+    split = max(training.gpus, 1)
+    shards = ZERO_SHARDS.get(training.zero_stage, ())
+
+    # What stays: weights, adapter, optimizer states.
+    per_linear = {16: float(p), 8: 1.0, 4: NF4_BYTES}[training.weight_bits]
+    weights = per_linear * arch.linear_params + p * arch.other_params
     if training.preference and not training.adapter:
         weights *= 2
-
-    if training.adapter:
-        tensors = arch.lora_tensors(training.lora_rank, training.lora_targets)
-    else:
-        tensors = arch.tensors()
+    tensors = (
+        arch.lora_tensors(training.lora_rank, training.lora_targets)
+        if training.adapter
+        else arch.tensors()
+    )
     trainable = sum(n * k for n, k in tensors)
-    adapter = 4.0 * trainable if training.adapter else 0.0
-    gradient_bytes = 4.0 if training.adapter else 2.0
+    trainable_bytes = training.adapter_bytes if training.adapter else p
+    adapter = trainable_bytes * trainable if training.adapter else 0.0
+    if training.master_weights and training.optimizer == "adamw":
+        state_bytes = 12.0
+    elif training.optimizer == "adamw":
+        state_bytes = 2.0 * trainable_bytes
+    else:
+        state_bytes = FIXED_STATE_BYTES[training.optimizer]
+    pageable = sum(n * k for n, k in tensors if n >= PAGED_MIN_ELEMENTS)
+    paged = pageable if training.paged_optimizer else 0
+    optimizer = state_bytes * (trainable - paged)
+    paged_optimizer = state_bytes * paged
+    if "optimizer" in shards:
+        optimizer /= split
+        paged_optimizer /= split
+    gathered = 0.0
+    if "weights" in shards:
+        weights /= split
+        layer = arch.linear_params / arch.layers
+        gathered = 2 * per_linear * layer
+
+    # What each phase adds.
+    gradient_bytes = trainable_bytes if not training.master_weights else 2.0
     if training.optimizer_in_backward:
         gradients = gradient_bytes * max(n for n, _ in tensors)
     else:
         gradients = gradient_bytes * trainable
-    pageable = sum(n * k for n, k in tensors if n >= PAGED_MIN_ELEMENTS)
-    paged = pageable if training.paged_optimizer else 0
-    optimizer = OPTIMIZER_BYTES[training.optimizer] * (trainable - paged)
-    paged_optimizer = OPTIMIZER_BYTES[training.optimizer] * paged
-
-    per_layer = activation_bytes_per_token_layer(arch, training)
-    if training.gradient_checkpointing:
-        activations = tokens * (arch.layers * 2.0 * arch.hidden + per_layer)
-    else:
-        activations = tokens * arch.layers * per_layer
-    logits = tokens * arch.vocab * (2.0 if training.chunked_loss else 10.0)
-
-    shards = ZERO_SHARDS.get(training.zero_stage, ())
-    split = max(training.gpus, 1)
-    if "optimizer" in shards:
-        optimizer /= split
-        paged_optimizer /= split
     if "gradients" in shards:
         gradients /= split
-    if "weights" in shards:
-        weights /= split
+    per_layer = activation_bytes_per_token_layer(arch, training)
+    if training.activation_offloading:
+        saved = 2 * tokens * (p * arch.hidden if training.gradient_checkpointing else per_layer)
+    elif training.gradient_checkpointing:
+        saved = tokens * arch.layers * p * arch.hidden
+    else:
+        saved = tokens * arch.layers * per_layer
+    recomputed = tokens * per_layer if training.gradient_checkpointing else 0.0
+    forward_loss, backward_loss = (tokens * arch.vocab * b for b in loss_bytes_per_logit(training))
+    step = (state_bytes / 2) * trainable / (split if "optimizer" in shards else 1)
+    step = step if training.foreach_optimizer and not training.optimizer_in_backward else 0.0
+    kept_gradients = gradients if training.gradient_accumulation > 1 else 0.0
+    phases = {
+        "forward": (kept_gradients, saved, forward_loss, 0.0),
+        # Backward starts from the loss with every activation still saved.
+        "loss backward": (kept_gradients, saved, backward_loss, 0.0),
+        "backward": (
+            gradients,
+            recomputed + (saved if kept_gradients else max(saved - gradients, 0.0)),
+            0.0,
+            0.0,
+        ),
+        "optimizer step": (gradients, 0.0, 0.0, step),
+    }
+    phase, (grads, activations, logits, step_buffers) = max(
+        phases.items(), key=lambda item: sum(item[1])
+    )
+    dequantized = 0.0
+    if training.weight_bits < 16 and phase != "optimizer step":
+        dequantized = p * max(i * o for i, o in arch.linear_shapes().values())
+    largest_transient = (
+        tokens * arch.vocab * 4.0
+        if not training.chunked_loss
+        else recomputed or saved / arch.layers
+    )
     return MemoryEstimate(
         weights=weights,
         adapter=adapter,
-        gradients=gradients,
         optimizer=optimizer,
         paged_optimizer=paged_optimizer,
+        gradients=grads,
         activations=activations,
         logits=logits,
+        step_buffers=step_buffers,
+        dequantized=dequantized,
+        gathered_weights=gathered,
+        allocator=largest_transient,
         cuda_context=cuda_context_gib * GIB,
+        phase=phase,
     )

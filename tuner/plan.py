@@ -27,12 +27,13 @@ from tuner.memory import GIB, Architecture, MemoryEstimate, Training, architectu
 from tuner.options import parse_options, positive_int
 from tuner.project import ROOT, local_file
 from tuner.recipes import ComposedRecipe, compose, hardware_names, task_names
+from tuner.references import ErrorBand, error_bands
 
 # Characters per token when a local dataset is sized without its model's tokenizer.
 CHARS_PER_TOKEN = 4.0
 # Model FLOPs utilisation assumed for the time estimate; `mfu=` overrides it.
 UTILISATION = {"16-bit": 0.40, "quantized": 0.25}
-HEADROOM = 0.95  # of the card's memory, for the allocator's fragmentation
+HEADROOM = 0.95  # of the card's memory: the driver and other processes keep some
 
 PLAN_OPTIONS = {
     "rows": (positive_int, None),
@@ -55,6 +56,10 @@ class Plan:
     hardware: str
     model: str
     memory: MemoryEstimate
+    # The planner's error on the published rows of this method, and the resident peak
+    # at the band's upper edge: "fits" means fits there.
+    band: ErrorBand | None
+    upper_gib: float
     card_gib: float | None
     fits: bool | None
     # Fits only with part of the paged optimizer states in CPU memory.
@@ -70,7 +75,8 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["memory"] = self.memory.gib()
+        data["memory"] = {**self.memory.gib(), "phase": self.memory.phase}
+        data["largest_part"] = self.memory.largest_part()
         return data
 
 
@@ -139,6 +145,13 @@ def flops_per_token(arch: Architecture, training: Training, sequence: float) -> 
     return forward * passes
 
 
+def upper_edge(memory: MemoryEstimate, band: ErrorBand | None) -> float:
+    """The resident peak with the allocated part at the error band's upper edge."""
+    allocated = memory.allocated
+    resident = memory.resident
+    return resident - allocated + (band.upper(allocated) if band else allocated)
+
+
 def suggestions(
     arch: Architecture, training: Training, limit: float, cuda_context_gib: float
 ) -> list[str]:
@@ -164,7 +177,8 @@ def suggestions(
     chosen = []
     for override, candidate in steps:
         chosen.append(override)
-        if estimate(arch, candidate, cuda_context_gib).resident <= limit:
+        band = error_bands().get(candidate.method)
+        if upper_edge(estimate(arch, candidate, cuda_context_gib), band) <= limit:
             return chosen
     return [*chosen, "nothing above fits: a card with more memory, or more GPUs with ZeRO-3"]
 
@@ -182,9 +196,11 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
     training = Training.from_config(config, gpus)
     context_gib = 0.5 if profile else 0.0
     memory = estimate(arch, training, context_gib)
+    band = error_bands().get(training.method)
+    upper = upper_edge(memory, band)
     card_gib = profile.memory_gib if profile else host_memory_gib()
-    fits = memory.resident <= card_gib * GIB * HEADROOM
-    paging = fits and memory.total > card_gib * GIB * HEADROOM
+    fits = upper <= card_gib * GIB * HEADROOM
+    paging = fits and upper + memory.paged_optimizer > card_gib * GIB * HEADROOM
     workload = workload_for(recipe, options["rows"], options["tokens_per_row"])
     steps, tokens = steps_and_tokens(config, workload, gpus)
     quantized = training.weight_bits < 16
@@ -203,6 +219,8 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
         hardware=hardware,
         model=model,
         memory=memory,
+        band=band,
+        upper_gib=upper / GIB,
         card_gib=card_gib,
         fits=fits,
         paging=paging,
@@ -225,27 +243,43 @@ def all_plans() -> list[Plan]:
     return [make_plan(t, h, []) for t in task_names() for h in hardware_names()]
 
 
+def band_text(plan: Plan) -> str:
+    band = plan.band
+    if band is None:
+        return f"no published row of this method to measure the planner's error on"
+    return (
+        f"the planner's error on {band.rows} published {band.method} rows: "
+        f"{band.low:+.0%} to {band.high:+.0%}, so up to {plan.upper_gib:.1f} GiB"
+    )
+
+
 def verdict(plan: Plan) -> str:
-    total = plan.memory.total / GIB
-    resident = plan.memory.resident / GIB
+    upper = plan.upper_gib
     limit = (plan.card_gib or 0) * HEADROOM
     if plan.paging:
+        paged = upper + plan.memory.paged_optimizer / GIB - limit
         return (
-            f"fits by paging: {resident:.1f} of {plan.card_gib:.0f} GiB on the card, and up to "
-            f"{total - limit:.1f} GiB of the paged optimizer states in CPU memory (slower steps)"
+            f"fits by paging: up to {upper:.1f} of {plan.card_gib:.0f} GiB on the card, and up "
+            f"to {paged:.1f} GiB of the paged optimizer states in CPU memory (slower steps)"
         )
     if plan.fits:
-        return f"fits: {total:.1f} of {plan.card_gib:.0f} GiB, {limit - total:.1f} GiB headroom"
-    return f"does not fit: {resident:.1f} GiB over {limit:.1f} usable of {plan.card_gib:.0f} GiB"
+        return f"fits: up to {upper:.1f} of {plan.card_gib:.0f} GiB, {limit - upper:.1f} GiB spare"
+    return f"does not fit: up to {upper:.1f} GiB over {limit:.1f} usable of {plan.card_gib:.0f} GiB"
 
 
 def print_plan(plan: Plan, console: Console) -> None:
-    table = Table(title=f"{plan.task} on {plan.hardware}: peak memory per device ({plan.model})")
+    memory = plan.memory
+    title = f"{plan.task} on {plan.hardware}: peak memory per device ({plan.model})"
+    table = Table(title=title, caption=f"the peak falls in the {memory.phase} phase")
     table.add_column("part")
     table.add_column("GiB", justify="right")
-    for part, gib in plan.memory.gib().items():
+    for part, gib in memory.gib().items():
         table.add_row(part, f"{gib:.2f}")
     console.print(table)
+    console.print(
+        f"Estimate {memory.resident / GIB:.1f} GiB on the device ({band_text(plan)}); "
+        f"the largest part: {memory.largest_part().replace('_', ' ')}."
+    )
     console.print(("✓ " if plan.fits else "✗ ") + verdict(plan))
     for override in plan.suggestions:
         console.print(f"  try: {override}")
@@ -264,7 +298,9 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 def plans_table(plans: list[Plan]) -> Table:
     hardware = list(dict.fromkeys(p.hardware for p in plans))
-    table = Table(title="Peak GiB per device / card · hours · cost (just plan TASK HW for details)")
+    table = Table(
+        title="Peak GiB per device (upper edge) / card · hours · cost (just plan TASK HW for details)"
+    )
     table.add_column("task")
     for name in hardware:
         table.add_column(name, justify="center")
@@ -273,7 +309,7 @@ def plans_table(plans: list[Plan]) -> Table:
         for name in hardware:
             plan = next(p for p in plans if p.task == task and p.hardware == name)
             mark = "✓ paging" if plan.paging else "✓" if plan.fits else "✗"
-            cell = f"{mark} {plan.memory.total / GIB:.1f}/{plan.card_gib:.0f}"
+            cell = f"{mark} {plan.upper_gib:.1f}/{plan.card_gib:.0f}"
             if plan.hours is not None:
                 cell += f" · {plan.hours:.1f} h"
             if plan.cost:
