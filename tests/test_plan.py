@@ -3,6 +3,7 @@ against hand computations, the verdict and the overrides it suggests, steps and 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ from tuner.errors import TunerError
 from tuner.memory import GIB, NF4_BYTES, Architecture, Training, architecture_for, estimate
 from tuner.plan import HEADROOM, Workload, flops_per_token, make_plan, steps_and_tokens, verdict
 from tuner.project import ROOT
+from tuner.references import error_bands, load_references
 
 TINY = Architecture(hidden=8, layers=2, intermediate=16, heads=2, kv_heads=1, vocab=10, tied=False)
 
@@ -74,32 +76,61 @@ def test_memory_parts_match_a_hand_computation():
     assert TINY.lora_params(2, None) == 512
     memory = estimate(TINY, training(), cuda_context_gib=0)
     assert memory.weights == 2 * 1352
-    assert memory.adapter == memory.gradients == 4 * 512
-    assert memory.optimizer == 8 * 512
-    # 8 tokens; per token and layer 2 bytes × (8h + 2kv + 4I) = 2 × (64 + 8 + 64) = 272.
-    assert memory.activations == 8 * 2 * 272
-    assert memory.logits == 8 * 10 * 10
+    assert memory.adapter == 4 * 512  # PEFT's fp32 adapter
+    assert memory.optimizer == 2 * 4 * 512  # two fp32 moments
+    # Per token and layer, in bf16: two norms (4 + 2)·8 each, then 2 × (4h + 4kv + 4I)
+    # = 2 × (32 + 16 + 64): 96 + 224 = 320 bytes; 8 tokens × 2 layers.
+    assert memory.activations == 8 * 2 * 320
+    # The peak is where backward starts: every activation and, per logit (8 × 10), the
+    # fp32 log-softmax, its gradient and the logits' gradient beside the logits: 12 bytes.
+    assert memory.phase == "loss backward"
+    assert memory.logits == 8 * 10 * 12 and memory.gradients == 0
+    assert memory.allocated == 2704 + 2048 + 4096 + 5120 + 960
+    # Reserved: one more block of the largest short-lived tensor, the fp32 logits.
+    assert memory.reserved == memory.allocated + 8 * 10 * 4
+
     checkpointed = estimate(TINY, training(gradient_checkpointing=True), cuda_context_gib=0)
-    assert checkpointed.activations == 8 * (2 * 2 * 8 + 272)
+    # Kept: each layer's input (8 tokens × 2 layers × 8 × 2 bytes = 256); in backward one
+    # layer is recomputed (8 × 320) while the fp32 LoRA gradients (4 × 512) are written.
+    assert checkpointed.phase == "backward"
+    assert checkpointed.activations == 8 * 320 and checkpointed.gradients == 4 * 512
     dropout = estimate(TINY, training(lora_dropout=True), cuda_context_gib=0)
-    # A dropped copy of each adapted input: 6h + I = 64 elements more per token and layer.
-    assert dropout.activations == 8 * 2 * 2 * (136 + 64)
+    # A dropped copy and a 1-byte mask of each adapted input: (2 + 1)·(6h + I) more.
+    assert dropout.activations == 8 * 2 * (320 + 3 * 64)
+    fp32 = estimate(TINY, training(precision_bytes=4), cuda_context_gib=0)
+    # fp32 logits need no upcast: 4 + 4 in forward, 4 + 4 + 4 + 4 where backward starts.
+    assert fp32.weights == 4 * 1352 and fp32.logits == 8 * 10 * 16
 
 
-def test_quantized_weights_and_sharded_states():
+def test_quantized_weights_sharded_states_and_the_optimizer_step():
     four_bit = estimate(TINY, training(weight_bits=4, adapter="qlora"), cuda_context_gib=0)
     assert four_bit.weights == pytest.approx(NF4_BYTES * 1152 + 2 * 200)
-    full = training(adapter=None, optimizer="adamw_8bit", gpus=4)
+    # One weight at a time is dequantised to bf16 for its matmul: the largest, 16 × 8.
+    assert four_bit.dequantized == 2 * 128
+    # Full fine-tuning in bf16: AdamW's moments take the weights' dtype.
+    full = training(adapter=None, gpus=4, gradient_accumulation=2)
     unsharded = estimate(TINY, full, cuda_context_gib=0)
-    assert unsharded.gradients == 2 * 1352 and unsharded.optimizer == 2 * 1352
-    zero2 = estimate(TINY, training(adapter=None, optimizer="adamw_8bit", gpus=4, zero_stage=2), 0)
+    assert unsharded.optimizer == 2 * 2 * 1352
+    # Accumulating, the bf16 gradients stay through the next forward pass.
+    assert unsharded.gradients == 2 * 1352
+    zero2 = estimate(TINY, replace(full, zero_stage=2), cuda_context_gib=0)
     assert zero2.gradients == unsharded.gradients / 4
-    assert zero2.optimizer == unsharded.optimizer / 4
-    assert zero2.weights == unsharded.weights
-    zero3 = estimate(TINY, training(adapter=None, optimizer="adamw", gpus=4, zero_stage=3), 0)
-    assert zero3.weights == unsharded.weights / 4
+    assert zero2.optimizer == unsharded.optimizer / 4 and zero2.weights == unsharded.weights
+    zero3 = estimate(TINY, replace(full, zero_stage=3), cuda_context_gib=0)
+    # Sharded weights, and two layers gathered whole (576 bf16 weights each).
+    assert zero3.weights == unsharded.weights / 4 and zero3.gathered_weights == 2 * 2 * 576
+    # DeepSpeed's bf16 mode: an fp32 master copy and fp32 moments, 12 bytes, sharded.
+    master = estimate(TINY, replace(full, zero_stage=1, master_weights=True), 0)
+    assert master.optimizer == 12 * 1352 / 4
+    # One token: the step dominates, with torch's foreach temporaries of a moment's size.
+    one = replace(full, micro_batch=1, sequence_len=1, gpus=1, foreach_optimizer=True)
+    step = estimate(TINY, one, cuda_context_gib=0)
+    assert step.phase == "optimizer step"
+    assert step.gradients == 2 * 1352 and step.step_buffers == 2 * 1352
     dpo = estimate(TINY, training(preference=True), cuda_context_gib=0)
     assert dpo.logits == 2 * estimate(TINY, training(), cuda_context_gib=0).logits
+    dpo_full = estimate(TINY, replace(full, preference=True), cuda_context_gib=0)
+    assert dpo_full.weights == 2 * unsharded.weights  # the frozen reference model
 
 
 def test_paged_states_and_the_optimizer_step_in_backward():
@@ -122,13 +153,13 @@ def test_paged_states_and_the_optimizer_step_in_backward():
 
 
 def test_a_plan_fits_by_paging_the_optimizer_states_to_cpu_memory():
-    full = ["adapter=null", "load_in_4bit=false", "micro_batch_size=2"]
+    full = ["adapter=null", "load_in_4bit=false", "micro_batch_size=1", "sequence_len=2048"]
     unpaged = make_plan("chat", "a100", [*full, "optimizer=adamw_8bit"])
     assert not unpaged.fits and "optimizer=paged_adamw_8bit" in unpaged.suggestions
     paged = make_plan("chat", "a100", [*full, "optimizer=paged_adamw_8bit"])
     assert paged.fits and paged.paging
     assert verdict(paged).startswith("fits by paging")
-    assert paged.memory.resident < 40 * GIB * HEADROOM < paged.memory.total
+    assert paged.upper_gib * GIB < 40 * GIB * HEADROOM < paged.upper_gib * GIB + paged.memory.paged_optimizer
 
 
 def test_steps_and_tokens_with_and_without_packing():
@@ -193,3 +224,45 @@ def test_plan_names_what_is_wrong_with_its_input():
         text=True,
     )
     assert done.returncode == 2 and "maths" in done.stderr and "math" in done.stderr
+
+
+def test_the_reference_set_is_published_measurements_across_methods_sizes_and_gpus():
+    references = load_references()
+    assert len(references) >= 15
+    assert {r.training.method for r in references} == {"lora", "qlora", "full"}
+    assert {r.counter for r in references} <= {"allocated", "active", "reserved", "unstated"}
+    assert all(r.source.startswith("https://") for r in references)
+    sizes = {architecture_for(r.model).params // 10**9 for r in references}
+    assert min(sizes) <= 1 and max(sizes) >= 70
+    assert any(r.training.gpus > 1 for r in references)
+    assert {r.training.gradient_checkpointing for r in references} == {True, False}
+
+
+def test_bench_plan_writes_every_rows_error_and_the_bands(tmp_path, monkeypatch):
+    import json
+
+    from rich.console import Console
+
+    from tuner import bench
+
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    written = json.loads(bench.bench_plan(Console(file=open(os.devnull, "w"))).read_text())
+    assert written["comparisons"] == len(load_references()) == len(written["results"])
+    for row in written["results"]:
+        assert row["relative_error"] == pytest.approx(row["estimated"] / row["measured"] - 1, abs=0.002)
+        if not row["within_20_percent"]:
+            assert row["why_it_misses"]  # a row the planner misses says why
+    assert set(written["error_bands"]) == {"lora", "qlora", "full"}
+
+
+def test_a_plan_fits_at_the_upper_edge_of_its_methods_error_band():
+    plan = make_plan("math", "a100", [])
+    band = error_bands()["lora"]
+    assert plan.band == band
+    assert plan.upper_gib * GIB == pytest.approx(
+        plan.memory.resident - plan.memory.allocated + band.upper(plan.memory.allocated)
+    )
+    assert plan.upper_gib * GIB >= plan.memory.resident
+    # A card between the estimate and the band's upper edge does not count as a fit.
+    limit = plan.card_gib * HEADROOM
+    assert plan.fits == (plan.upper_gib <= limit)

@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimates peak GPU memory per device (weights, adapter, gradients, "
         "optimizer, activations, logits, ZeRO sharding) with the planner's error band on "
         "published measurements (bench/published-memory.yaml), a verdict at the band's "
-        "upper edge with the overrides that would make it fit, tokens, steps, time and cost. Besides Axolotl overrides: "
+        "upper edge with the overrides that would make it fit, tokens, steps, time and "
+        "cost. Besides Axolotl overrides: "
         "rows=, tokens_per_row= (data size), price= (per hour), mfu= (assumed utilisation).",
     )
     p.add_argument("task", nargs="?")

@@ -246,7 +246,7 @@ def all_plans() -> list[Plan]:
 def band_text(plan: Plan) -> str:
     band = plan.band
     if band is None:
-        return f"no published row of this method to measure the planner's error on"
+        return "no published row of this method to measure the planner's error on"
     return (
         f"the planner's error on {band.rows} published {band.method} rows: "
         f"{band.low:+.0%} to {band.high:+.0%}, so up to {plan.upper_gib:.1f} GiB"
@@ -299,7 +299,8 @@ def print_plan(plan: Plan, console: Console) -> None:
 def plans_table(plans: list[Plan]) -> Table:
     hardware = list(dict.fromkeys(p.hardware for p in plans))
     table = Table(
-        title="Peak GiB per device (upper edge) / card · hours · cost (just plan TASK HW for details)"
+        title="Peak GiB per device (the band's upper edge) / card · hours · cost "
+        "(just plan TASK HW for details)"
     )
     table.add_column("task")
     for name in hardware:

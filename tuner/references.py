@@ -106,7 +106,9 @@ def load_references() -> list[Reference]:
             for row in rows
         ]
     except (yaml.YAMLError, TypeError, KeyError) as error:
-        raise TunerError(f"{PUBLISHED.relative_to(ROOT)}: a row does not parse ({error}).")
+        raise TunerError(
+            f"{PUBLISHED.relative_to(ROOT)}: a row does not parse ({error})."
+        ) from None
 
 
 @cache
