@@ -100,6 +100,13 @@ def test_memory_parts_match_a_hand_computation():
     fp32 = estimate(TINY, training(precision_bytes=4), cuda_context_gib=0)
     # fp32 logits need no upcast: 4 + 4 in forward, 4 + 4 + 4 + 4 where backward starts.
     assert fp32.weights == 4 * 1352 and fp32.logits == 8 * 10 * 16
+    # Axolotl's chunked_cross_entropy: one of 8 chunks in fp32 beside the bf16 logits;
+    # where backward starts, their full bf16 gradient too: 2 + 2 + 8/8 bytes per logit.
+    upcast = estimate(TINY, training(chunked_upcast=True), cuda_context_gib=0)
+    assert upcast.logits == 8 * 10 * 5
+    # torchtune's chunked output: the bf16 logits, and one chunk's gradients at a time.
+    chunked = estimate(TINY, training(chunked_loss=True), cuda_context_gib=0)
+    assert chunked.logits == 8 * 10 * (2 + 6 / 8)
 
 
 def test_quantized_weights_sharded_states_and_the_optimizer_step():

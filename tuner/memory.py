@@ -186,7 +186,12 @@ class Training:
     optimizer: str  # one of OPTIMIZERS
     zero_stage: int  # DeepSpeed ZeRO's stage; FSDP's full sharding counts as 3
     gpus: int
+    # torchtune's and LitGPT's chunked loss: the LM head's output in chunks, each
+    # upcast and differentiated alone. Axolotl's `cut_cross_entropy` keeps even less.
     chunked_loss: bool = False
+    # Axolotl's `chunked_cross_entropy`: the full 16-bit logits, upcast a chunk at a time;
+    # their gradient is one full 16-bit tensor.
+    chunked_upcast: bool = False
     # DPO: every row is a chosen and a rejected sequence, and without an adapter the
     # reference model is a second copy of the weights.
     preference: bool = False
@@ -232,9 +237,8 @@ class Training:
             optimizer=kind,
             zero_stage=zero_stage(deepspeed),
             gpus=gpus,
-            chunked_loss=bool(
-                config.get("chunked_cross_entropy") or config.get("cut_cross_entropy")
-            ),
+            chunked_loss=bool(config.get("cut_cross_entropy")),
+            chunked_upcast=bool(config.get("chunked_cross_entropy")),
             preference=config.get("rl") in ("dpo", "ipo", "orpo", "simpo"),
             paged_optimizer=optimizer.startswith("paged_"),
             # The cpu overlay trains in fp32 (bf16 and fp16 false); the GPU ones in bf16.
@@ -333,10 +337,14 @@ def loss_bytes_per_logit(training: Training) -> tuple[float, float]:
     transformers' loss upcasts the logits to fp32 and keeps the fp32 log-softmax (p + 4
     + 4, the upcast a no-op in fp32); backward begins with the log-softmax, its fp32
     gradient and the logits' gradient (p + 4 + 4 + p). A chunked loss keeps only the
-    16-bit logits, and backward takes its gradients a chunk at a time (torchtune's 8)."""
+    16-bit logits, and backward takes its gradients a chunk at a time (torchtune's 8);
+    Axolotl's chunked upcast has one chunk in fp32 at a time beside the full logits,
+    and backward writes their full gradient."""
     p = training.precision_bytes
     if training.chunked_loss:
         return float(p), p + (4.0 + p) / LOSS_CHUNKS
+    if training.chunked_upcast:
+        return p + 8.0 / LOSS_CHUNKS, 2.0 * p + 8.0 / LOSS_CHUNKS
     return p + (4.0 if p < 4 else 0.0) + 4.0, 8.0 + 2 * p
 
 

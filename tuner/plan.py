@@ -161,6 +161,9 @@ def suggestions(
     if not current.gradient_checkpointing:
         current = replace(current, gradient_checkpointing=True)
         steps.append(("gradient_checkpointing=true", current))
+    if not (current.chunked_loss or current.chunked_upcast):
+        current = replace(current, chunked_upcast=True)
+        steps.append(("chunked_cross_entropy=true (the loss upcast a chunk at a time)", current))
     while current.micro_batch > 1:
         current = replace(current, micro_batch=current.micro_batch // 2)
         keep = "raise gradient_accumulation_steps to keep the batch"

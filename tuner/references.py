@@ -138,12 +138,10 @@ class ErrorBand:
 
 @cache
 def error_bands() -> dict[str, ErrorBand]:
-    """Per method, from the rows the planner models (a row it says it cannot model
-    is left out of the band, as it is explained)."""
+    """Per method, from every row: a row the planner misses for a reason it names
+    still says how far a real run can be from the estimate."""
     by_method: dict[str, list[float]] = {}
     for comparison in comparisons():
-        if comparison.reference.not_modelled:
-            continue
         by_method.setdefault(comparison.reference.training.method, []).append(comparison.error)
     return {
         method: ErrorBand(method, min(errors), max(errors), len(errors))
