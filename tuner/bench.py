@@ -281,9 +281,24 @@ def bench_plan(console: Console) -> Path:
     (bench/published-memory.yaml): each row's relative error, and the band per method."""
     from dataclasses import asdict
 
+    from rich.table import Table
+
     from tuner.references import TARGET, comparisons, error_bands
 
     rows = [comparison.as_dict() for comparison in comparisons()]
+    table = Table(title="The planner against published peak memory (bench/published-memory.yaml)")
+    for column in ("row", "measured", "estimated", "error", "why it misses"):
+        table.add_column(column, justify="left" if column in ("row", "why it misses") else "right")
+    for row in rows:
+        mark = "✓" if row["within_20_percent"] else "✗"
+        table.add_row(
+            row["name"],
+            f"{row['measured']} {row['unit']}",
+            f"{row['estimated']:.2f}",
+            f"{mark} {row['relative_error']:+.1%}",
+            row.get("why_it_misses", ""),
+        )
+    console.print(table)
     return write_result(
         "plan",
         {
