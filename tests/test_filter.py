@@ -248,6 +248,15 @@ def test_malformed_input_names_the_line_and_loses_no_earlier_output(
     assert (out / "kept.jsonl").read_bytes() == before
 
 
+def test_a_refused_input_leaves_no_folder_behind(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps(conversation(GOOD_QUESTION, GOOD_ANSWER, "ok"))
+    bad.write_bytes((good + "\n").encode() * 3 + b'{"messages": [{"content": "\xff"}]}\n')
+    with pytest.raises(TunerError, match=r"bad\.jsonl:4: not UTF-8"):
+        filter_records(str(bad), [], QUIET)
+    assert not (tmp_path / "bad.filtered").exists()
+
+
 def test_an_empty_input_is_an_error(tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -57,6 +57,20 @@ def test_missing_field_names_line_and_field(tmp_path):
         read_records(path, PreferencePair)
 
 
+def test_a_file_not_in_utf8_names_the_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    first = json.dumps(CONVERSATION).encode() + b"\n"
+    path.write_bytes(
+        first + json.dumps(CONVERSATION).replace("user", "caf\u00e9").encode("latin-1")
+    )
+    with pytest.raises(TunerError, match=r"latin1.jsonl:2: not UTF-8 \(byte 0xe9 at byte offset"):
+        read_records(path, Conversation)
+    # A UTF-8 byte-order mark is not an error.
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + first)
+    assert len(read_records(marked, Conversation)) == 1
+
+
 def test_empty_file_is_refused(tmp_path):
     path = write_lines(tmp_path / "e.jsonl", ["", "  "])
     with pytest.raises(TunerError, match="holds no records"):

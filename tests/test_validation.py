@@ -81,3 +81,19 @@ def test_an_attention_backend_the_image_has_no_kernels_for_is_refused(hardware, 
 
 def test_the_cpu_target_runs_outside_any_gpu_image_whatever_its_attention():
     assert problems("math", "cpu", "attn_implementation=eager") == []
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "bound"),
+    [
+        ("lora_r=-4", "lora_r", "greater than or equal to 1"),
+        ("lora_dropout=1.5", "lora_dropout", "less than 1"),
+        ("learning_rate=0", "learning_rate", "greater than 0"),
+        ("micro_batch_size=0", "micro_batch_size", "greater than or equal to 1"),
+        ("gradient_accumulation_steps=abc", "gradient_accumulation_steps", "valid integer"),
+    ],
+)
+def test_values_axolotl_leaves_unbounded_are_range_checked(override, key, bound):
+    report = validate(compose("math", "a100", [override]))
+    assert [p.key for p in report.problems] == [key]
+    assert bound in report.problems[0].message

@@ -11,6 +11,7 @@ Axolotl reads the first with `type: chat_template` and the second with
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -50,31 +51,48 @@ class PreferencePair(BaseModel):
 Record = TypeVar("Record", bound=BaseModel)
 
 
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 file (a leading byte-order
+    mark is dropped), or a TunerError naming the file, the line and the byte that is
+    not UTF-8."""
+    if not path.is_file():
+        raise TunerError(f"{path}: no such file.")
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise TunerError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte offset "
+                    f"{offset + err.start} of the file). Save the file as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed.jsonl`."
+                ) from None
+            offset += len(raw)
+            if line.strip():
+                yield number, line
+
+
 def read_records(path: Path, schema: type[Record]) -> list[Record]:
     """Every record of a JSONL file, or a TunerError naming the file, the line and what is
     wrong with it. Blank lines are allowed; an empty file is not."""
-    if not path.is_file():
-        raise TunerError(f"{path}: no such file.")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(schema.model_validate(json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise TunerError(
-                    f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
-                    "Each line must hold one JSON object; fix or remove that line."
-                ) from err
-            except ValidationError as err:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
-                    for e in err.errors()
-                )
-                raise TunerError(
-                    f"{path}:{number}: not a {schema.__name__} record ({problems})."
-                ) from err
+    for number, line in text_lines(path):
+        try:
+            records.append(schema.model_validate(json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise TunerError(
+                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
+                "Each line must hold one JSON object; fix or remove that line."
+            ) from err
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+                for e in err.errors()
+            )
+            raise TunerError(
+                f"{path}:{number}: not a {schema.__name__} record ({problems})."
+            ) from err
     if not records:
         raise TunerError(f"{path}: the file holds no records.")
     return records

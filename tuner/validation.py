@@ -2,7 +2,8 @@
 the checks Axolotl lacks (misspelt keys, bf16 on Turing, FlashAttention-2 where no build
 exists, DeepSpeed on the DGX Spark, packing that would leak attention across samples,
 an attention backend whose kernels the target's image does not have, an end of turn
-that training, the chat template and generation do not agree on).
+that training, the chat template and generation do not agree on, values out of range
+for the keys Axolotl leaves unbounded).
 Attention backends are read through Axolotl's own tables, so they follow its releases."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
@@ -49,10 +52,42 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+class TrainingBounds(BaseModel):
+    """The valid ranges of the numeric keys the recipes set and Axolotl's schema leaves
+    unbounded (it accepts `lora_r: -4`). Only the bounds live here; the keys and their
+    meaning are Axolotl's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_r: int | None = Field(None, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    sequence_len: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    num_epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+
+
+def range_checks(config: dict[str, Any]) -> list[Problem]:
+    try:
+        TrainingBounds.model_validate(config)
+    except ValidationError as err:
+        return [
+            Problem(str(error["loc"][0]), f"{error['input']!r}: {error['msg'].lower()}.")
+            for error in err.errors()
+        ]
+    return []
+
+
 def validate(recipe: ComposedRecipe) -> ValidationReport:
     report = ValidationReport(recipe.task, recipe.hardware)
     profile = gpu_profile(recipe.meta, f"recipes/hardware/{recipe.hardware}.yaml")
     report.problems += unknown_keys(recipe.config)
+    report.problems += range_checks(recipe.config)
     report.problems += hardware_checks(recipe.config, profile)
     report.problems += image_checks(recipe.config, recipe.hardware)
     report.problems += chat_checks(recipe)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from pydantic import ValidationError
 from tuner.errors import TunerError
 from tuner.filter.decontamination import EvalNgrams
 from tuner.filter.rules import WORD, FilterPreset, QualityRules
-from tuner.records import Conversation
+from tuner.records import Conversation, text_lines
 
 EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
@@ -77,7 +76,7 @@ def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) ->
     outputs = [(partial / f"{i:05d}.jsonl").open("w", encoding="utf-8") for i in range(tasks)]
     duplicates = []
     for file_index, path in enumerate(inputs):
-        for number, raw in numbered_lines(path):
+        for number, raw in text_lines(path):
             user, assistant = conversation_text(parse_line(path, number, raw))
             text = f"{user}\n{assistant}"
             key = exact_key(text)
@@ -101,15 +100,6 @@ def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) ->
     shutil.rmtree(shards, ignore_errors=True)
     partial.rename(shards)
     return counts
-
-
-def numbered_lines(path: Path) -> Iterable[tuple[int, str]]:
-    if not path.is_file():
-        raise TunerError(f"{path}: no such file.")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
 
 
 def parse_line(path: Path, number: int, raw: str) -> dict[str, Any]:

@@ -23,13 +23,12 @@ from tuner.filter.pipeline import (
     NEAR_DUPLICATE,
     QualityFilter,
     RegexWordTokenizer,
-    numbered_lines,
     read_and_shard,
     record_id,
 )
 from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
 from tuner.options import parse_options, positive_int
-from tuner.records import write_records
+from tuner.records import text_lines, write_records
 
 
 def paths(raw: str) -> list[Path]:
@@ -77,6 +76,7 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
     out: Path = options["out"] or inputs[0].with_name(inputs[0].stem + ".filtered")
     tasks = options["tasks"] or options["workers"]
     work = out / "work"
+    created = not out.exists()
     stamp = work / "fingerprint"
     wanted = fingerprint(inputs, preset, options["against"], tasks)
     if stamp.is_file() and stamp.read_text() != wanted:
@@ -89,8 +89,14 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
         eval_ngrams = EvalNgrams(options["against"], preset.decontamination.ngram)
 
     if not (work / "shards").is_dir():
-        with console.status("Reading and checking the input…"):
-            read_and_shard(inputs, work / "shards", tasks, work / "exact.json")
+        try:
+            with console.status("Reading and checking the input…"):
+                read_and_shard(inputs, work / "shards", tasks, work / "exact.json")
+        except TunerError:
+            # Refused input leaves nothing behind: the folder this run made, or in an
+            # earlier run's folder the shards begun.
+            shutil.rmtree(out if created else work / "shards.partial", ignore_errors=True)
+            raise
     run_stages(work, preset, eval_ngrams, tasks, options["workers"], console)
     with console.status("Writing kept and rejected records…"):
         return write_outputs(out, work, preset, options["tiers"], options, inputs)
@@ -285,7 +291,7 @@ def write_outputs(
     decided = verdicts(work, preset)
     kept, rejected = [], []
     for file_index, path in enumerate(inputs):
-        for number, raw in numbered_lines(path):
+        for number, raw in text_lines(path):
             record = orjson.loads(raw)
             verdict = decided.pop(record_id(file_index, number))
             record["meta"] = {**(record.get("meta") or {}), "filter": verdict}
