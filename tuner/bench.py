@@ -30,11 +30,23 @@ from tuner.project import ROOT, cache_dir
 RESULTS = ROOT / "bench" / "results"
 
 
+# The CPU flags that decide the engines' speed and dtype (tuner.generate.backends.cpu_dtype).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def machine() -> dict[str, Any]:
     import os
 
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
     return {
         "cpus": os.cpu_count(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -53,7 +65,7 @@ def bench_generate(console: Console, records: int = 64) -> Path:
     import torch
 
     from tuner.generate import templates
-    from tuner.generate.backends import TransformersBackend, VllmBackend
+    from tuner.generate.backends import TransformersBackend, VllmBackend, cpu_dtype
     from tuner.generate.magpie import record_seed
     from tuner.generate.templates import Sampling
     from tuner.models import ensure_embedded_model
@@ -101,10 +113,10 @@ def bench_generate(console: Console, records: int = 64) -> Path:
             ),
         }
 
-    # transformers runs in bfloat16 where the CPU computes in it (faster here than
-    # float32), else in float32. It runs first: vLLM binds its process to its own
+    # Both engines run in the CPU's dtype (cpu_dtype: bfloat16 where the CPU computes in
+    # it, else float32). transformers runs first: vLLM binds its process to its own
     # threads, which would slow whatever runs after it.
-    baseline_dtype = "bfloat16" if torch.cpu._is_avx512_bf16_supported() else "float32"
+    baseline_dtype = cpu_dtype()
     engines = {
         f"transformers_batch_8_{baseline_dtype}": lambda: TransformersBackend(
             model, 0, 8, baseline_dtype
@@ -147,7 +159,7 @@ def bench_generate(console: Console, records: int = 64) -> Path:
     return write_result(
         "generate",
         {
-            "model": "SmolLM2-135M-Instruct (embedded), CPU; vLLM in bfloat16",
+            "model": f"SmolLM2-135M-Instruct (embedded), CPU; both engines in {baseline_dtype}",
             "task": "chat",
             "preset": "default",
             "records": records,

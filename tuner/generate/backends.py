@@ -65,6 +65,16 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
+def cpu_dtype() -> str:
+    """The dtype every CPU engine runs in (generation, evaluation, judging, the bench):
+    bfloat16 where the CPU computes in it (AVX512-BF16 or AMX), float32 where it would
+    only emulate bfloat16, several times slower."""
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native else "float32"
+
+
 def configure_vllm_for_cpu() -> None:
     """Settings the CPU build of vLLM needs to start on a CPU; the user's own
     environment wins."""
@@ -104,7 +114,7 @@ class VllmBackend(ChatTemplate):
         """`compile`: torch.compile (and CUDA graphs on a GPU) before generating. On CPU it
         costs about two minutes at start and gives about 1.5 times the tokens/s, so it
         pays on long runs only; unset, it is on for GPUs and off for CPUs. `dtype`: unset,
-        bfloat16 on CPUs and the model's own on GPUs."""
+        `cpu_dtype()` on CPUs and the model's own on GPUs."""
         on_cpu = cpu_only()
         if on_cpu:
             configure_vllm_for_cpu()
@@ -115,7 +125,7 @@ class VllmBackend(ChatTemplate):
             seed=seed,
             tensor_parallel_size=tensor_parallel,
             enforce_eager=not (compile if compile is not None else not on_cpu),
-            dtype=dtype or ("bfloat16" if on_cpu else "auto"),
+            dtype=dtype or (cpu_dtype() if on_cpu else "auto"),
             max_model_len=4096 if on_cpu else None,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -181,6 +191,7 @@ class TransformersBackend(ChatTemplate):
         self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = dtype or (cpu_dtype() if cpu_only() else None)
         self.model = AutoModelForCausalLM.from_pretrained(
             model, dtype=getattr(torch, dtype) if dtype else "auto"
         )
