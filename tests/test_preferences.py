@@ -8,8 +8,9 @@ import math
 from pathlib import Path
 
 from tests.infer_env import run_infer
-from tuner.preferences import make_pairs, parse_score, prompt_of
+from tuner.preferences import make_pairs, prompt_of
 from tuner.records import Conversation
+from tuner.scoring import parse_score
 
 
 def record(question: str) -> Conversation:
@@ -57,7 +58,7 @@ def test_a_reward_model_scores_each_response_of_each_prompt():
     """The reward-model path with a real sequence-classification model: the embedded
     model with a fresh (untrained) score head, as no reward model is available offline.
     Its scores mean nothing; their shape and that they are numbers is what is checked."""
-    from tuner.preferences import RewardModelScorer
+    from tuner.scoring import RewardModelScorer
 
     scorer = RewardModelScorer("embedded")
     prompts = [prompt_of(record("What is 2 + 2?")), prompt_of(record("Name a colour."))]

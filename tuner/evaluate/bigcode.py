@@ -28,10 +28,9 @@ from tuner.environments import subprocess_env
 from tuner.errors import TunerError
 from tuner.evaluate.harness import Engine, ModelUnderTest, harness_env
 from tuner.evaluate.suites import Settings
-from tuner.generate.backends import Backend
+from tuner.generate.backends import Backend, ModelSlot
 from tuner.generate.templates import Sampling
 from tuner.logged import run_logged
-from tuner.preferences import ModelSlot
 from tuner.project import ROOT
 
 HARNESS_PYTHON_ENV = "BIGCODE_PYTHON"

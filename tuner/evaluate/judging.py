@@ -11,7 +11,8 @@ from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.evaluate.suites import Judge, rubric_text
-from tuner.preferences import JudgeScorer, ModelSlot, load_judge_settings
+from tuner.generate.backends import ModelSlot
+from tuner.scoring import JudgeScorer, load_judge_settings
 
 
 def judge_answers(

@@ -8,6 +8,7 @@ have.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from tuner.errors import TunerError
 from tuner.generate.templates import Sampling
+from tuner.models import resolve_model
 from tuner.project import cache_dir
 
 BACKENDS = ("auto", "vllm", "transformers")
@@ -300,3 +302,34 @@ def open_backend(
             )
         return VllmBackend(model, seed, tensor_parallel, compile, dtype)
     return TransformersBackend(model, seed, dtype=dtype)
+
+
+class ModelSlot:
+    """One model loaded at a time, as one GPU holds one: asking for another model frees
+    the current one first; asking for the same one again reuses it (a model that both
+    answers and judges loads once)."""
+
+    def __init__(self, seed: int, dtype: str | None = None) -> None:
+        self.seed = seed
+        self.dtype = dtype
+        self.model: str | None = None
+        self.backend: Backend | None = None
+
+    def get(self, model: str, kind: str = "auto") -> Backend:
+        if self.backend is not None and self.model == model and kind in ("auto", self.backend.name):
+            return self.backend
+        self.release()
+        self.backend = open_backend(kind, resolve_model(model), self.seed, dtype=self.dtype)
+        self.model = model
+        return self.backend
+
+    def release(self) -> None:
+        self.backend = self.model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
