@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from tests.conftest import run_tuner
@@ -53,3 +54,28 @@ def test_list_shows_tasks_with_their_suites():
     done = run_tuner("list")
     assert done.returncode == 0
     assert "tool-use" in done.stdout and "4090x8" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "filter", "prefs", "eval", "plan", "smoke"])
+def test_every_declared_option_is_in_its_commands_help(command):
+    from tuner.cli import build_parser
+    from tuner.evaluate.run import OPTIONS as eval_options
+    from tuner.filter.run import OPTIONS as filter_options
+    from tuner.generate.run import OPTIONS as generate_options
+    from tuner.plan import PLAN_OPTIONS
+    from tuner.preferences import OPTIONS as prefs_options
+    from tuner.smoke import SMOKE_OPTIONS
+
+    declared = {
+        "generate": generate_options,
+        "filter": filter_options,
+        "prefs": prefs_options,
+        "eval": eval_options,
+        "plan": PLAN_OPTIONS,
+        "smoke": SMOKE_OPTIONS,
+    }[command]
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command")
+    text = " ".join(subcommands.choices[command].format_help().split())
+    for name, option in declared.items():
+        assert f"{name}= {' '.join(option.doc.split())}" in text

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner.errors import TunerError
+from tuner.options import Options, options_help
 from tuner.recipes import compose, hardware_names, load_task, task_names
 
 out = Console()
@@ -214,6 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuner", description="Axolotl fine-tuning recipes per task and per GPU."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from tuner.evaluate.run import OPTIONS as eval_options
+    from tuner.filter.run import OPTIONS as filter_options
+    from tuner.generate.run import OPTIONS as generate_options
+    from tuner.plan import PLAN_OPTIONS
+    from tuner.preferences import OPTIONS as prefs_options
+    from tuner.smoke import SMOKE_OPTIONS
+
+    def stage(
+        name: str, summary: str, options: Options, description: str = "", own: bool = False
+    ) -> argparse.ArgumentParser:
+        """A command whose key=value options list themselves from their declaration."""
+        heading = (
+            "the project's own options (key=value), beside Axolotl overrides"
+            if own
+            else "options (key=value)"
+        )
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=description or summary,
+            epilog=options_help(options, heading),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     sub.add_parser("list", help="list tasks and hardware targets").set_defaults(func=cmd_list)
 
@@ -245,39 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
+    p = stage(
         "generate",
-        help="Magpie instructions and responses for TASK (re-run to resume)",
-        description="Options as key=value: n (records, 100), model (hub id or folder; "
-        "'embedded' is the default), preset (generate/presets.yaml), template (family in "
-        "generate/templates.yaml; guessed from the model), backend (auto|vllm|transformers), "
-        "seed, turns, out (JSONL; data/generated/TASK.jsonl), tp (tensor-parallel GPUs), "
-        "worker/workers (data-parallel: one process per GPU).",
+        "Magpie instructions and responses for TASK (re-run to resume)",
+        generate_options,
     )
     p.add_argument("task")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser(
+    p = stage(
         "filter",
-        help="quality rules, exact and near-duplicate removal, decontamination",
-        description="Options as key=value: preset (filter/presets/NAME.yaml, or a YAML path; "
-        "'default'), out (folder; INPUT's name + .filtered), against (evaluation sets to "
-        "decontaminate against, comma list of JSONL/text files), workers (processes), tasks "
-        "(shards; = workers), tiers (comma list of sizes: top-K files by quality score).",
+        "quality rules, exact and near-duplicate removal, decontamination",
+        filter_options,
     )
     p.add_argument("input", help="a JSONL file of conversations (or a comma list)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
     p.set_defaults(func=cmd_filter)
 
-    p = sub.add_parser(
+    p = stage(
         "prefs",
-        help="preference pairs for DPO: sample responses, score them, best vs worst",
-        description="Options as key=value: models (comma list, loaded one after another; "
-        "'embedded'), samples (responses per model; 4 with one model, else 1), scorer "
-        "('judge' through vLLM with generate/judge.yaml, or rm:MODEL for a reward model), "
-        "judge (the judge model; 'embedded'), min_margin (pairs under it are dropped, ties "
-        "included; 0.5), max_tokens, seed, out (folder; INPUT's name + .prefs).",
+        "preference pairs for DPO: sample responses, score them, best vs worst",
+        prefs_options,
     )
     p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
@@ -310,15 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="check the locks, write nothing")
     p.set_defaults(func=cmd_lock)
 
-    p = sub.add_parser(
+    p = stage(
         "plan",
-        help="memory, time and cost of a recipe on a card, before renting it",
+        "memory, time and cost of a recipe on a card, before renting it",
+        PLAN_OPTIONS,
         description="Estimates peak GPU memory per device (weights, adapter, gradients, "
         "optimizer, activations, logits, ZeRO sharding) with the planner's error band on "
         "published measurements (bench/published-memory.yaml), a verdict at the band's "
         "upper edge with the overrides that would make it fit, tokens, steps, time and "
-        "cost. Besides Axolotl overrides: "
-        "rows=, tokens_per_row= (data size), price= (per hour), mfu= (assumed utilisation).",
+        "cost.",
+        own=True,
     )
     p.add_argument("task", nargs="?")
     p.add_argument("hardware", nargs="?")
@@ -327,29 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the plans to this JSON file")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser(
+    p = stage(
         "smoke",
-        help="a few real training steps, peak memory measured against the plan",
+        "a few real training steps, peak memory measured against the plan",
+        SMOKE_OPTIONS,
         description="Runs Axolotl for a few steps on the config `just train` composes, "
         "every batch padded to sequence_len, and writes runs/TASK-HW/smoke.json: peak "
         "memory per device (allocated and reserved; on cpu the process's resident "
         "memory) beside the plan's estimate and its error band, the step time, tokens/s "
-        "and a verdict. Besides Axolotl overrides: steps= (4), random_weights=true "
-        "(build the base model from its config.json, no weights download).",
+        "and a verdict.",
+        own=True,
     )
     p.add_argument("task")
     p.add_argument("hardware")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_smoke)
 
-    p = sub.add_parser(
+    p = stage(
         "eval",
-        help="the task's suite on the base and the fine-tuned model, then the comparison",
-        description="Options as key=value: limit (documents per benchmark), backend "
-        "(vllm|hf; vllm where installed), variant (full|local; the overlay's, local on "
-        "cpu), only (base|tuned: one model, no comparison), template (trained|any: "
-        "refuse, or accept, a chat template other than the one the run trained with). "
-        "Results in runs/TASK-HW/eval/.",
+        "the task's suite on the base and the fine-tuned model, then the comparison",
+        eval_options,
+        description="Results in runs/TASK-HW/eval/.",
     )
     p.add_argument("task")
     p.add_argument("hardware")

@@ -1,20 +1,31 @@
-"""`key=value` options of the data stages (`just generate math n=500 model=…`)."""
+"""`key=value` options of the project's own commands (`just generate math n=500 model=…`):
+each declared once, with its converter (which validates), default and one-line doc.
+Parsing, the error that lists what is accepted, and the `--help` text come from that
+declaration, so they cannot drift apart."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tuner.errors import TunerError
 
 
-def parse_options(
-    pairs: list[str], known: dict[str, tuple[Callable[[str], Any], Any]], command: str
-) -> dict[str, Any]:
-    """Options by name with their defaults filled in. `known` maps each name to a
-    converter and a default; an unknown name or a value that does not convert is an
-    error that lists what is accepted."""
-    values = {name: default for name, (_, default) in known.items()}
+@dataclass(frozen=True)
+class Option:
+    convert: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+Options = dict[str, Option]
+
+
+def parse_options(pairs: list[str], known: Options, command: str) -> dict[str, Any]:
+    """Options by name with their defaults filled in; an unknown name or a value that
+    does not convert is an error that lists what is accepted."""
+    values = {name: option.default for name, option in known.items()}
     accepted = ", ".join(f"{name}=" for name in known)
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -22,12 +33,28 @@ def parse_options(
             raise TunerError(f"{command}: '{pair}' is not key=value. Options: {accepted}.")
         if name not in known:
             raise TunerError(f"{command}: unknown option '{name}'. Options: {accepted}.")
-        convert = known[name][0]
         try:
-            values[name] = convert(raw)
+            values[name] = known[name].convert(raw)
         except ValueError as problem:
             raise TunerError(f"{command}: {name}={raw} is not valid ({problem}).") from None
     return values
+
+
+def options_help(known: Options, heading: str = "options (key=value)") -> str:
+    """The options as a `--help` section: one line each, with the default where there
+    is one."""
+    width = max(len(name) for name in known) + 1
+    lines = [f"{heading}:"]
+    for name, option in known.items():
+        default = "" if option.default in (None, [], "") else f" (default: {option.default})"
+        lines.append(f"  {name + '=':<{width + 1}} {option.doc}{default}")
+    return "\n".join(lines)
+
+
+def split_options(arguments: list[str], known: Options) -> tuple[list[str], list[str]]:
+    """(this command's own key=value options, the rest: Axolotl overrides)."""
+    own = [a for a in arguments if a.split("=", 1)[0] in known]
+    return own, [a for a in arguments if a not in own]
 
 
 def positive_int(raw: str) -> int:

@@ -24,7 +24,7 @@ from rich.table import Table
 from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
 from tuner.memory import GIB, Architecture, MemoryEstimate, Training, architecture_for, estimate
-from tuner.options import parse_options, positive_int
+from tuner.options import Option, parse_options, positive_int, split_options
 from tuner.project import ROOT, local_file
 from tuner.recipes import ComposedRecipe, compose, hardware_names, task_names
 from tuner.references import ErrorBand, error_bands
@@ -35,11 +35,12 @@ CHARS_PER_TOKEN = 4.0
 UTILISATION = {"16-bit": 0.40, "quantized": 0.25}
 HEADROOM = 0.95  # of the card's memory: the driver and other processes keep some
 
+# The project's own options, beside Axolotl's keys as overrides.
 PLAN_OPTIONS = {
-    "rows": (positive_int, None),
-    "tokens_per_row": (positive_int, None),
-    "price": (float, None),
-    "mfu": (float, None),
+    "rows": Option(positive_int, None, "rows of data (local data is counted)"),
+    "tokens_per_row": Option(positive_int, None, "tokens per row"),
+    "price": Option(float, None, "price per hour of the machine (the overlay's)"),
+    "mfu": Option(float, None, "assumed model FLOPs utilisation, 0 to 1 (40 %; 25 % quantised)"),
 }
 
 
@@ -187,9 +188,8 @@ def suggestions(
 
 
 def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
-    plan_args = [a for a in arguments if a.split("=", 1)[0] in PLAN_OPTIONS]
-    options = parse_options(plan_args, PLAN_OPTIONS, "plan")
-    overrides = [a for a in arguments if a not in plan_args]
+    own, overrides = split_options(arguments, PLAN_OPTIONS)
+    options = parse_options(own, PLAN_OPTIONS, "plan")
     recipe = compose(task, hardware, overrides, formats=False)
     config = recipe.config
     profile: GpuProfile | None = gpu_profile(recipe.meta, hardware)

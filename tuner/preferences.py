@@ -26,7 +26,7 @@ from tuner.generate.backends import ModelSlot
 from tuner.generate.templates import Sampling
 from tuner.manifest import sha256_file
 from tuner.models import EMBEDDED
-from tuner.options import parse_options, positive_int
+from tuner.options import Option, parse_options, positive_int
 from tuner.records import PreferencePair, Prompts, read_records, write_records
 from tuner.scoring import JudgeScorer, Prompt, RewardModelScorer, load_judge_settings
 
@@ -36,14 +36,18 @@ def model_list(raw: str) -> list[str]:
 
 
 OPTIONS = {
-    "models": (model_list, [EMBEDDED]),
-    "samples": (positive_int, None),
-    "scorer": (str, "judge"),
-    "judge": (str, EMBEDDED),
-    "min_margin": (float, 0.5),
-    "max_tokens": (positive_int, None),
-    "seed": (int, 42),
-    "out": (Path, None),
+    "models": Option(model_list, [EMBEDDED], "comma list, loaded one after another"),
+    "samples": Option(positive_int, None, "responses per model; 4 with one model, else 1"),
+    "scorer": Option(
+        str, "judge", "judge (through vLLM, generate/judge.yaml) or rm:MODEL (a reward model)"
+    ),
+    "judge": Option(str, EMBEDDED, "the judge model"),
+    "min_margin": Option(float, 0.5, "pairs under it are dropped, ties included"),
+    "max_tokens": Option(
+        positive_int, None, "per response; generate/judge.yaml's, 128 with the embedded model"
+    ),
+    "seed": Option(int, 42, "sampling seed"),
+    "out": Option(Path, None, "output folder; INPUT's name + .prefs"),
 }
 
 

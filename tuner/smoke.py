@@ -40,16 +40,21 @@ from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
 from tuner.logged import run_logged
 from tuner.memory import GIB
-from tuner.options import choice, parse_options, positive_int
+from tuner.options import Option, choice, parse_options, positive_int, split_options
 from tuner.plan import PLAN_OPTIONS, Plan, make_plan
 from tuner.project import ROOT, portable
 from tuner.recipes import compose
 from tuner.train import axolotl_env, ensure_base_model, launcher_args
 from tuner.validation import validate
 
+# The project's own options, beside Axolotl's keys as overrides.
 SMOKE_OPTIONS = {
-    "steps": (positive_int, 4),
-    "random_weights": (choice("true", "false"), "false"),
+    "steps": Option(positive_int, 4, "training steps; the first is not timed"),
+    "random_weights": Option(
+        choice("true", "false"),
+        "false",
+        "true: build the base model from its config.json, no weights download",
+    ),
 }
 PROBE = "tuner.memory_probe.MemoryProbe"
 LIVE_TENSORS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -156,9 +161,8 @@ def judge(plan: Plan, measured: list[Measured]) -> tuple[bool, str]:
 def smoke(task: str, hardware: str, arguments: list[str], console: Console) -> SmokeResult | None:
     """The measured result; None when it ran inside the hardware's image, which wrote
     and printed it."""
-    own = [a for a in arguments if a.split("=", 1)[0] in SMOKE_OPTIONS]
+    own, overrides = split_options(arguments, SMOKE_OPTIONS)
     options = parse_options(own, SMOKE_OPTIONS, "smoke")
-    overrides = [a for a in arguments if a not in own]
     if any(a.split("=", 1)[0] in PLAN_OPTIONS for a in overrides):
         raise TunerError(f"smoke: {', '.join(PLAN_OPTIONS)} are `just plan`'s options.")
     profile = gpu_profile(compose(task, hardware, overrides, formats=False).meta, hardware)

@@ -45,7 +45,7 @@ from tuner.evaluate.merge import merged_model
 from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite
 from tuner.manifest import read_manifest, sha256_file, sha256_text
 from tuner.models import embedded_model_dir, ensure_embedded_model
-from tuner.options import choice, parse_options, positive_int
+from tuner.options import Option, choice, parse_options, positive_int
 from tuner.project import ROOT, run_dir
 from tuner.recipes import compose, load_hardware, load_task
 
@@ -53,11 +53,17 @@ LABELS = ("base", "tuned")
 
 
 OPTIONS = {
-    "limit": (positive_int, None),
-    "backend": (choice(*BACKENDS), None),
-    "variant": (choice(*VARIANTS), None),
-    "only": (choice("base", "tuned"), None),
-    "template": (choice("trained", "any"), "trained"),
+    "limit": Option(positive_int, None, "documents per benchmark (all by default)"),
+    "backend": Option(choice(*BACKENDS), None, f"{'|'.join(BACKENDS)}; vllm where installed"),
+    "variant": Option(
+        choice(*VARIANTS), None, f"{'|'.join(VARIANTS)}; the overlay's, local on cpu"
+    ),
+    "only": Option(choice("base", "tuned"), None, "base|tuned: one model, no comparison"),
+    "template": Option(
+        choice("trained", "any"),
+        "trained",
+        "trained|any: refuse, or accept, a chat template other than the trained one",
+    ),
 }
 
 

@@ -27,7 +27,7 @@ from tuner.filter.pipeline import (
     record_id,
 )
 from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
-from tuner.options import parse_options, positive_int
+from tuner.options import Option, parse_options, positive_int
 from tuner.records import text_lines, write_records
 
 
@@ -45,13 +45,17 @@ def sizes(raw: str) -> list[int]:
 
 
 OPTIONS = {
-    "preset": (str, "default"),
-    "out": (Path, None),
-    # Not given: every local evaluation set of the suites (evaluate/fixtures/, HumanEval).
-    "against": (eval_sets, None),
-    "workers": (positive_int, min(2, os.cpu_count() or 1)),
-    "tasks": (positive_int, None),
-    "tiers": (sizes, []),
+    "preset": Option(str, "default", "filter/presets/NAME.yaml, or a YAML path"),
+    "out": Option(Path, None, "output folder; INPUT's name + .filtered"),
+    "against": Option(
+        eval_sets,
+        None,
+        "evaluation sets to decontaminate against (comma list of JSONL or text files; "
+        "every local set of the suites by default), or none",
+    ),
+    "workers": Option(positive_int, min(2, os.cpu_count() or 1), "processes"),
+    "tasks": Option(positive_int, None, "shards; as many as workers"),
+    "tiers": Option(sizes, [], "comma list of sizes: the top-K records by quality score"),
 }
 
 

@@ -12,23 +12,27 @@ from tuner.errors import TunerError
 from tuner.generate import magpie, templates
 from tuner.generate.backends import BACKENDS, open_backend
 from tuner.models import EMBEDDED, resolve_model
-from tuner.options import choice, parse_options, positive_int
+from tuner.options import Option, choice, parse_options, positive_int
 from tuner.project import data_dir
 from tuner.recipes import task_names
 
 OPTIONS = {
-    "n": (positive_int, 100),
-    "model": (str, EMBEDDED),
-    "preset": (str, None),
-    "template": (str, None),
-    "backend": (choice(*BACKENDS), "auto"),
-    "seed": (int, 42),
-    "turns": (positive_int, None),
-    "checkpoint_every": (positive_int, None),
-    "out": (Path, None),
-    "tp": (positive_int, 1),
-    "worker": (int, 0),
-    "workers": (positive_int, 1),
+    "n": Option(positive_int, 100, "records to generate"),
+    "model": Option(str, EMBEDDED, "hub id or local folder"),
+    "preset": Option(
+        str,
+        None,
+        "sampling preset in generate/presets.yaml; cpu for the embedded model, else default",
+    ),
+    "template": Option(str, None, "family in generate/templates.yaml; guessed from the model"),
+    "backend": Option(choice(*BACKENDS), "auto", "|".join(BACKENDS)),
+    "seed": Option(int, 42, "base seed; each record's seed derives from it"),
+    "turns": Option(positive_int, None, "user turns per conversation (the preset's)"),
+    "checkpoint_every": Option(positive_int, None, "records per checkpoint (the preset's: 100)"),
+    "out": Option(Path, None, "output JSONL; data/generated/TASK.jsonl"),
+    "tp": Option(positive_int, 1, "tensor-parallel GPUs"),
+    "worker": Option(int, 0, "this process's index among workers"),
+    "workers": Option(positive_int, 1, "data-parallel processes, one per GPU"),
 }
 
 
