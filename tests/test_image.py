@@ -2,14 +2,20 @@
 Debian base made here with debootstrap (no registry can be reached), and podman runs
 `just --list` and one training step of the instruction recipe inside it.
 
-About 10 minutes, most of it pip inside the build; .ci/run installs buildah, podman,
-runc and debootstrap first. The storage driver is overlay (the kernel's, as root); even
-so the build's disk use peaks at about 30 GB while it commits the 8 GB install layer
-(the container's files, the layer, its blob). Where the tools are missing, or the disk
-has too little room, the test says so and is skipped."""
+The first build takes about 10 minutes, most of it pip installing the locks. The image
+storage outlives the test run (under ~/.cache/llm-tuner-tests/), one per install layer:
+the Dockerfile installs the locks before it copies the project, so after a change to
+the code a rebuild reuses that layer and the base image. A change to the locks or the
+Dockerfile starts a new storage and removes the old one. .ci/run installs buildah,
+podman, runc and debootstrap first. The storage driver is overlay (the kernel's, as
+root); even so a first build's disk use peaks at about 30 GB while it commits the 8 GB
+install layer (the container's files, the layer, its blob). Where the tools are missing,
+or the disk has too little room, the test says so and is skipped."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,8 +33,21 @@ TOOLS = ("buildah", "podman", "runc", "debootstrap")
 # This machine's CA bundle: the build sees it read-only, as it does the folder holding
 # the CPU wheel of torch.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-# Measured peak: 30 GB (df every 10 s during a run); the rest is margin for the run.
+# Measured peak of a first build: 30 GB (df every 10 s during a run); the rest is margin
+# for the run. A rebuild over a kept install layer writes the project's layer only.
 NEEDED_GIB = 40
+NEEDED_GIB_CACHED = 5
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-tuner-tests"
+DOCKERFILE = ROOT / "containers" / "cpu.Dockerfile"
+LOCKS = [ROOT / "containers" / "locks" / f"cpu.{env}.txt" for env in ("train", "infer")]
+
+
+def install_layer_digest() -> str:
+    """What the install layer depends on: the Dockerfile and the locks."""
+    digest = hashlib.sha256()
+    for path in (DOCKERFILE, *LOCKS):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run(command: list[str], timeout: int) -> subprocess.CompletedProcess:
@@ -40,11 +59,16 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (apt-get install {' '.join(TOOLS)})")
-    root = tmp_path_factory.mktemp("containers")
+    root = CACHE / f"images-{install_layer_digest()}"
+    for stale in CACHE.glob("images-*"):
+        if stale != root:
+            remove_storage(stale)
+    root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30
-    if free < NEEDED_GIB:
+    needed = NEEDED_GIB_CACHED if (root / "built").is_file() else NEEDED_GIB
+    if free < needed:
         pytest.skip(
-            f"needs about {NEEDED_GIB} GiB of free disk (committing the 8 GB install layer "
+            f"needs about {needed} GiB of free disk (committing the 8 GB install layer "
             f"peaks at about 30 GB); {free:.0f} GiB free"
         )
     # overlay refuses a run root path longer than 50 characters, pytest's are longer.
@@ -52,28 +76,38 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     options = ["--root", str(root / "storage"), "--runroot", run_root]
     options += ["--storage-driver", "overlay"]
     yield options
-    # Free the 8 GB at once rather than leave them to pytest's clean-up of old
-    # temporary folders.
-    subprocess.run(["podman", *options, "rmi", "--all", "--force"], capture_output=True)
-    # The overlay driver may leave its layer folder mounted; rmtree cannot remove it then.
+    # The layers stay for the next run; the overlay driver's mounts and the run root go.
+    subprocess.run(
+        ["umount", "--recursive", str(root / "storage" / "overlay")], capture_output=True
+    )
+    shutil.rmtree(run_root, ignore_errors=True)
+
+
+def remove_storage(root: Path) -> None:
+    """An image storage of other locks: its images, its mounts, then its files."""
+    storage = ["--root", str(root / "storage"), "--storage-driver", "overlay"]
+    subprocess.run(["podman", *storage, "rmi", "--all", "--force"], capture_output=True)
     subprocess.run(
         ["umount", "--recursive", str(root / "storage" / "overlay")], capture_output=True
     )
     shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(run_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
-    base = tmp_path_factory.mktemp("debian")
-    rootfs = base / "rootfs"
-    done = run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)], 900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    tarball = base / "rootfs.tar"
-    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-    done = run(["podman", *storage, "import", str(tarball), "localhost/debian:bookworm"], 600)
-    assert done.returncode == 0, done.stderr
-    build = ["buildah", *storage, "build", "--pull=never", "--isolation", "chroot"]
+    kept = run(["podman", *storage, "image", "exists", "localhost/debian:bookworm"], 60)
+    if kept.returncode != 0:
+        base = tmp_path_factory.mktemp("debian")
+        rootfs = base / "rootfs"
+        done = run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)], 900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        tarball = base / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        imported = ["podman", *storage, "import", str(tarball), "localhost/debian:bookworm"]
+        done = run(imported, 600)
+        assert done.returncode == 0, done.stderr
+        shutil.rmtree(base)
+    build = ["buildah", *storage, "build", "--layers", "--pull=never", "--isolation", "chroot"]
     build += ["--format", "docker", "-f", "containers/cpu.Dockerfile", "-t", "llm-tuner:cpu"]
     build += ["--build-arg", "BASE=localhost/debian:bookworm"]
     if LOCAL_WHEELS.is_dir():
@@ -86,6 +120,7 @@ def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
         [*build, str(ROOT)], capture_output=True, text=True, timeout=2400, cwd=ROOT
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    (CACHE / f"images-{install_layer_digest()}" / "built").touch()
     return "localhost/llm-tuner:cpu"
 
 
