@@ -230,7 +230,7 @@ def test_tiers_hold_the_top_records_by_quality(filtered):
         ),
         (
             '{"text": "no messages here"}',
-            "bad.jsonl:2: not a conversation record (messages: Field required",
+            "bad.jsonl:2: not a Conversation record (messages: Field required",
         ),
     ],
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,8 @@ class Message(BaseModel):
 
 
 class Conversation(BaseModel):
+    shape: ClassVar[str] = '{"messages": [{"role": …, "content": …}, …]}'
+
     messages: list[Message] = Field(min_length=2)
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -37,11 +39,15 @@ class Prompts(BaseModel):
     """What the preference stage reads: conversations, or prompts not answered yet (the
     turns up to the last user message are used either way)."""
 
+    shape: ClassVar[str] = '{"messages": [{"role": "user", "content": …}, …]}'
+
     messages: list[Message] = Field(min_length=1)
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class PreferencePair(BaseModel):
+    shape: ClassVar[str] = '{"messages": [prompt turns], "chosen": {…}, "rejected": {…}}'
+
     messages: list[Message] = Field(min_length=1)
     chosen: Message
     rejected: Message
@@ -73,26 +79,36 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+def parse_record(path: Path, number: int, line: str, schema: type[Record]) -> tuple[Any, Record]:
+    """One line's JSON value and its record, or a TunerError naming the file, the line
+    and what is wrong with it."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise TunerError(
+            f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
+            "Each line must hold one JSON object; fix or remove that line."
+        ) from None
+    except RecursionError:
+        raise TunerError(
+            f"{path}:{number}: nested too deeply to be a record; fix or remove that line."
+        ) from None
+    try:
+        return value, schema.model_validate(value)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
+        )
+        raise TunerError(
+            f"{path}:{number}: not a {schema.__name__} record ({problems}). Each line "
+            f"needs {schema.shape}."
+        ) from None
+
+
 def read_records(path: Path, schema: type[Record]) -> list[Record]:
     """Every record of a JSONL file, or a TunerError naming the file, the line and what is
     wrong with it. Blank lines are allowed; an empty file is not."""
-    records = []
-    for number, line in text_lines(path):
-        try:
-            records.append(schema.model_validate(json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise TunerError(
-                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
-                "Each line must hold one JSON object; fix or remove that line."
-            ) from err
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
-                for e in err.errors()
-            )
-            raise TunerError(
-                f"{path}:{number}: not a {schema.__name__} record ({problems})."
-            ) from err
+    records = [parse_record(path, number, line, schema)[1] for number, line in text_lines(path)]
     if not records:
         raise TunerError(f"{path}: the file holds no records.")
     return records

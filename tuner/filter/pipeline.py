@@ -27,12 +27,11 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
-from pydantic import ValidationError
 
 from tuner.errors import TunerError
 from tuner.filter.decontamination import EvalNgrams
 from tuner.filter.rules import WORD, FilterPreset, QualityRules
-from tuner.records import Conversation, text_lines
+from tuner.records import Conversation, parse_record, text_lines
 
 EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
@@ -77,7 +76,7 @@ def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) ->
     duplicates = []
     for file_index, path in enumerate(inputs):
         for number, raw in text_lines(path):
-            user, assistant = conversation_text(parse_line(path, number, raw))
+            user, assistant = conversation_text(parse_record(path, number, raw, Conversation)[0])
             text = f"{user}\n{assistant}"
             key = exact_key(text)
             if key in seen:
@@ -100,26 +99,6 @@ def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) ->
     shutil.rmtree(shards, ignore_errors=True)
     partial.rename(shards)
     return counts
-
-
-def parse_line(path: Path, number: int, raw: str) -> dict[str, Any]:
-    try:
-        record = json.loads(raw)
-        Conversation.model_validate(record)
-    except json.JSONDecodeError as err:
-        raise TunerError(
-            f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}). "
-            "Fix or remove that line; nothing has been written yet."
-        ) from None
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
-        )
-        raise TunerError(
-            f"{path}:{number}: not a conversation record ({problems}). Each line needs "
-            '{"messages": [{"role": …, "content": …}, …]}.'
-        ) from None
-    return record
 
 
 class RegexWordTokenizer(WordTokenizer):
