@@ -196,13 +196,13 @@ def test_the_statistics_add_up(filtered):
     out, stats = filtered
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     kept = (out / "kept.jsonl").read_text().splitlines()
-    assert stats["input_records"] == 48 == len(kept) + len(rejected)
-    assert stats["kept"] == len(kept) and stats["rejected"] == len(rejected)
+    assert stats.input_records == 48 == len(kept) + len(rejected)
+    assert stats.kept == len(kept) and stats.rejected == len(rejected)
     counted = {}
     for record in rejected:
         for reason in record["meta"]["filter"]["rejected_by"]:
             counted[reason] = counted.get(reason, 0) + 1
-    assert stats["removed_by_rule"] == counted
+    assert stats.removed_by_rule == counted
     assert json.loads((out / "stats.json").read_text())["removed_by_rule"] == counted
     assert (out / "removals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "work").exists()
@@ -218,7 +218,7 @@ def test_tiers_hold_the_top_records_by_quality(filtered):
     assert scores == sorted(scores, reverse=True)
     everything = [json.loads(x)["meta"]["filter"]["quality"] for x in (out / "kept.jsonl").open()]
     assert scores[0] == max(everything)
-    assert set(stats["tiers"]) == {"5", "10"}
+    assert set(stats.tiers) == {"5", "10"}
 
 
 @pytest.mark.parametrize(
@@ -292,7 +292,7 @@ def test_lsh_candidates_under_the_threshold_are_put_back(tmp_path: Path):
     )
     stats = filter_records(str(source), [f"out={tmp_path / 'out'}", f"preset={preset}"], QUIET)
     kept = by_id(tmp_path / "out" / "kept.jsonl")
-    assert "near duplicate" not in stats["removed_by_rule"]
+    assert "near duplicate" not in stats.removed_by_rule
     assert "synthetic-0000000" in kept
     candidate = kept["half"]["meta"]["filter"]["lsh_candidate"]
     assert 0.2 < candidate["jaccard"] < 0.8
@@ -311,9 +311,9 @@ def test_by_default_records_quoting_a_local_evaluation_set_are_removed(tmp_path)
     path = tmp_path / "records.jsonl"
     write_records(path, records)
     stats = filter_records(str(path), [f"out={tmp_path / 'default'}", "workers=1"], QUIET)
-    assert stats["removed_by_rule"] == {"contamination": 1}
+    assert stats.removed_by_rule == {"contamination": 1}
     rejected = json.loads((tmp_path / "default" / "rejected.jsonl").read_text())
     assert rejected["meta"]["id"] == "leak"
-    assert any(str(p).endswith("HumanEval.jsonl.gz") for p in stats["options"]["against"])
+    assert any(str(p).endswith("HumanEval.jsonl.gz") for p in stats.options["against"])
     off = filter_records(str(path), [f"out={tmp_path / 'off'}", "workers=1", "against=none"], QUIET)
-    assert off["kept"] == 2
+    assert off.kept == 2

@@ -96,8 +96,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     summary = generate(args.task, args.options, err)
     if summary:
         out.print(
-            f"Wrote {summary['records']} records to {summary['output']} "
-            f"({summary['tokens_per_second']} output tokens/s); statistics beside it."
+            f"Wrote {summary.records} records to {summary.output} "
+            f"({summary.tokens_per_second} output tokens/s); statistics beside it."
         )
 
 
@@ -106,10 +106,10 @@ def cmd_filter(args: argparse.Namespace) -> None:
 
     stats = filter_records(args.input, args.options, err)
     out.print(
-        f"Kept {stats['kept']} of {stats['input_records']} records "
-        f"({stats['kept_fraction']:.1%}); removed by rule: {stats['removed_by_rule']}"
+        f"Kept {stats.kept} of {stats.input_records} records "
+        f"({stats.kept_fraction:.1%}); removed by rule: {stats.removed_by_rule}"
     )
-    out.print(f"Outputs (kept, rejected, stats.json, removals.png) in {stats['output']}")
+    out.print(f"Outputs (kept, rejected, stats.json, removals.png) in {stats.output}")
 
 
 def cmd_doctor(_: argparse.Namespace) -> None:
@@ -192,9 +192,9 @@ def cmd_prefs(args: argparse.Namespace) -> None:
 
     stats = build_preferences(args.input, args.options, err)
     out.print(
-        f"{stats['pairs']} preference pairs from {stats['input_records']} prompts "
-        f"(dropped: {stats['dropped'] or 'none'}); pairs.jsonl, dropped.jsonl, stats.json "
-        f"and scores.png in {stats['output']}"
+        f"{stats.pairs} preference pairs from {stats.input_records} prompts "
+        f"(dropped: {stats.dropped or 'none'}); pairs.jsonl, dropped.jsonl, stats.json "
+        f"and scores.png in {stats.output}"
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,26 @@ def reuse_or_clear(settings_path: Path, files: list[Path], settings: dict[str, A
     settings_path.write_text(json.dumps(settings))
 
 
-def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PairStats:
+    """What `just prefs` paired and dropped, written to stats.json."""
+
+    output: str
+    input_records: int
+    pairs: int
+    dropped: dict[str, int]  # by reason: a tie, a margin under min_margin, …
+    models: list[str]
+    samples_per_model: int
+    scorer: str
+    min_margin: float
+    mean_margin_kept: float | None
+    scores: dict[str, float | int | None]  # count, min, mean, max of every valid score
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> PairStats:
     options = parse_options(option_pairs, OPTIONS, "prefs")
     scorer_name = options["scorer"]
     if scorer_name != "judge" and not scorer_name.startswith("rm:"):
@@ -234,24 +254,24 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
     all_scores = [s for row in valid for s in row]
     margins = [max(row) - min(row) for row in valid if len(row) > 1]
     histograms(all_scores, margins, options["min_margin"], out / "scores.png")
-    stats = {
-        "output": str(out),
-        "input_records": len(records),
-        "pairs": len(pairs),
-        "dropped": dict(Counter(d["meta"]["dropped"] for d in dropped)),
-        "models": models,
-        "samples_per_model": samples,
-        "scorer": scorer_label,
-        "min_margin": options["min_margin"],
-        "mean_margin_kept": round(sum(p.meta["margin"] for p in pairs) / len(pairs), 3)
+    stats = PairStats(
+        output=str(out),
+        input_records=len(records),
+        pairs=len(pairs),
+        dropped=dict(Counter(d["meta"]["dropped"] for d in dropped)),
+        models=models,
+        samples_per_model=samples,
+        scorer=scorer_label,
+        min_margin=options["min_margin"],
+        mean_margin_kept=round(sum(p.meta["margin"] for p in pairs) / len(pairs), 3)
         if pairs
         else None,
-        "scores": {
+        scores={
             "count": len(all_scores),
             "min": round(min(all_scores), 3) if all_scores else None,
             "mean": round(sum(all_scores) / len(all_scores), 3) if all_scores else None,
             "max": round(max(all_scores), 3) if all_scores else None,
         },
-    }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    )
+    (out / "stats.json").write_text(stats.to_json())
     return stats

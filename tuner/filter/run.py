@@ -68,7 +68,7 @@ def fingerprint(inputs: list[Path], preset: FilterPreset, against: list[Path], t
     return digest.hexdigest()[:16]
 
 
-def filter_records(input_arg: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+def filter_records(input_arg: str, option_pairs: list[str], console: Console) -> report.FilterStats:
     options = parse_options(option_pairs, OPTIONS, "filter")
     if options["against"] is None:
         options["against"] = local_evaluation_sets()
@@ -289,7 +289,7 @@ def write_outputs(
     tiers: list[int],
     options: dict[str, Any],
     inputs: list[Path],
-) -> dict[str, Any]:
+) -> report.FilterStats:
     """The input records again, each with its verdict under meta.filter, into kept.jsonl
     or rejected.jsonl; then the tiers, stats.json and the chart."""
     decided = verdicts(work, preset)
@@ -313,7 +313,7 @@ def write_outputs(
         options={k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
         tiers=tier_files,
     )
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    (out / "stats.json").write_text(stats.to_json())
     report.removals_chart(stats, out / "removals.png")
     shutil.rmtree(work)
     return stats

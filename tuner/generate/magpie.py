@@ -69,6 +69,22 @@ class ChunkStats:
         )
 
 
+@dataclass(frozen=True)
+class GenerateSummary:
+    """What `just generate` wrote: the output, its records, and how generation went."""
+
+    output: str
+    records: int
+    dropped_while_generating: dict[str, int]
+    output_tokens: int
+    generation_seconds: float
+    tokens_per_second: float | None
+    job: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
 def record_seed(job_seed: int, index: int, attempt: int, turn: int) -> int:
     digest = hashlib.sha256(f"{job_seed}:{index}:{attempt}:{turn}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
@@ -322,7 +338,7 @@ def write_chunks(
             )
 
 
-def assemble(plan: ChunkPlan, out: Path, job: Job) -> dict[str, Any]:
+def assemble(plan: ChunkPlan, out: Path, job: Job) -> GenerateSummary:
     """The output file from every chunk, and its statistics beside it."""
     records: list[Conversation] = []
     dropped: Counter[str] = Counter()
@@ -335,14 +351,14 @@ def assemble(plan: ChunkPlan, out: Path, job: Job) -> dict[str, Any]:
         tokens += stats["output_tokens"]
         seconds += stats["seconds"]
     write_records(out, records)
-    summary = {
-        "output": str(out),
-        "records": len(records),
-        "dropped_while_generating": dict(dropped),
-        "output_tokens": tokens,
-        "generation_seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-        "job": asdict(job),
-    }
-    out.with_suffix(".stats.json").write_text(json.dumps(summary, indent=2))
+    summary = GenerateSummary(
+        output=str(out),
+        records=len(records),
+        dropped_while_generating=dict(dropped),
+        output_tokens=tokens,
+        generation_seconds=round(seconds, 2),
+        tokens_per_second=round(tokens / seconds, 1) if seconds else None,
+        job=asdict(job),
+    )
+    out.with_suffix(".stats.json").write_text(summary.to_json())
     return summary

@@ -4,7 +4,6 @@ run it (or resume it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -36,7 +35,9 @@ OPTIONS = {
 }
 
 
-def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, Any]:
+def generate(task: str, option_pairs: list[str], console: Console) -> magpie.GenerateSummary | None:
+    """The summary of the assembled output; None while other workers' chunks are
+    missing (the last worker to finish assembles it)."""
     if task not in task_names():
         raise TunerError(f"Unknown task '{task}'. Tasks: {', '.join(task_names())}.")
     options = parse_options(option_pairs, OPTIONS, "generate")
@@ -85,5 +86,5 @@ def generate(task: str, option_pairs: list[str], console: Console) -> dict[str, 
             f"This worker's chunks are done; {len(missing)} chunk(s) of other workers are "
             f"still missing, so {out} is assembled when the last worker finishes."
         )
-        return {}
+        return None
     return magpie.assemble(plan, out, job)
