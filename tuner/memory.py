@@ -348,54 +348,62 @@ def loss_bytes_per_logit(training: Training) -> tuple[float, float]:
     return p + (4.0 if p < 4 else 0.0) + 4.0, 8.0 + 2 * p
 
 
-def estimate(
-    arch: Architecture, training: Training, cuda_context_gib: float = 0.5
-) -> MemoryEstimate:
-    p = training.precision_bytes
-    tokens = training.micro_batch * (2 if training.preference else 1) * training.sequence_len
-    split = max(training.gpus, 1)
-    shards = ZERO_SHARDS.get(training.zero_stage, ())
+def trainable_tensors(arch: Architecture, training: Training) -> list[tuple[int, int]]:
+    if training.adapter:
+        return arch.lora_tensors(training.lora_rank, training.lora_targets)
+    return arch.tensors()
 
-    # What stays: weights, adapter, optimizer states.
-    per_linear = {16: float(p), 8: 1.0, 4: NF4_BYTES}[training.weight_bits]
-    weights = per_linear * arch.linear_params + p * arch.other_params
+
+def trainable_bytes(training: Training) -> float:
+    return float(training.adapter_bytes if training.adapter else training.precision_bytes)
+
+
+def state_bytes(training: Training) -> float:
+    """Optimizer state per trainable parameter."""
+    if training.optimizer != "adamw":
+        return FIXED_STATE_BYTES[training.optimizer]
+    return 12.0 if training.master_weights else 2.0 * trainable_bytes(training)
+
+
+def shards_of(training: Training) -> tuple[tuple[str, ...], int]:
+    return ZERO_SHARDS.get(training.zero_stage, ()), max(training.gpus, 1)
+
+
+def staying(arch: Architecture, training: Training) -> dict[str, float]:
+    """What stays for the whole run: weights, adapter, optimizer states, and under
+    ZeRO-3 the two layers gathered whole."""
+    shards, split = shards_of(training)
+    per_linear = {16: float(training.precision_bytes), 8: 1.0, 4: NF4_BYTES}[training.weight_bits]
+    weights = per_linear * arch.linear_params + training.precision_bytes * arch.other_params
     if training.preference and not training.adapter:
-        weights *= 2
-    tensors = (
-        arch.lora_tensors(training.lora_rank, training.lora_targets)
-        if training.adapter
-        else arch.tensors()
-    )
+        weights *= 2  # the frozen reference model
+    tensors = trainable_tensors(arch, training)
     trainable = sum(n * k for n, k in tensors)
-    trainable_bytes = training.adapter_bytes if training.adapter else p
-    adapter = trainable_bytes * trainable if training.adapter else 0.0
-    if training.master_weights and training.optimizer == "adamw":
-        state_bytes = 12.0
-    elif training.optimizer == "adamw":
-        state_bytes = 2.0 * trainable_bytes
-    else:
-        state_bytes = FIXED_STATE_BYTES[training.optimizer]
-    pageable = sum(n * k for n, k in tensors if n >= PAGED_MIN_ELEMENTS)
-    paged = pageable if training.paged_optimizer else 0
-    optimizer = state_bytes * (trainable - paged)
-    paged_optimizer = state_bytes * paged
+    paged = sum(n * k for n, k in tensors if n >= PAGED_MIN_ELEMENTS)
+    paged = paged if training.paged_optimizer else 0
+    states = {"optimizer": state_bytes(training) * (trainable - paged)}
+    states["paged_optimizer"] = state_bytes(training) * paged
     if "optimizer" in shards:
-        optimizer /= split
-        paged_optimizer /= split
+        states = {k: v / split for k, v in states.items()}
     gathered = 0.0
     if "weights" in shards:
         weights /= split
-        layer = arch.linear_params / arch.layers
-        gathered = 2 * per_linear * layer
+        gathered = 2 * per_linear * arch.linear_params / arch.layers
+    adapter = trainable_bytes(training) * trainable if training.adapter else 0.0
+    return {"weights": weights, "adapter": adapter, **states, "gathered_weights": gathered}
 
-    # What each phase adds.
-    gradient_bytes = trainable_bytes if not training.master_weights else 2.0
-    if training.optimizer_in_backward:
-        gradients = gradient_bytes * max(n for n, _ in tensors)
-    else:
-        gradients = gradient_bytes * trainable
-    if "gradients" in shards:
-        gradients /= split
+
+def peak_phase(arch: Architecture, training: Training) -> tuple[str, dict[str, float]]:
+    """The phase of a step that adds the most, with what it adds: gradients,
+    activations, logits and the optimizer step's temporaries (see the module's doc)."""
+    shards, split = shards_of(training)
+    p = training.precision_bytes
+    tokens = training.micro_batch * (2 if training.preference else 1) * training.sequence_len
+    tensors = trainable_tensors(arch, training)
+    trainable = sum(n * k for n, k in tensors)
+    gradient_bytes = 2.0 if training.master_weights else trainable_bytes(training)
+    largest = max(n for n, _ in tensors) if training.optimizer_in_backward else trainable
+    gradients = gradient_bytes * largest / (split if "gradients" in shards else 1)
     per_layer = activation_bytes_per_token_layer(arch, training)
     if training.activation_offloading:
         saved = 2 * tokens * (p * arch.hidden if training.gradient_checkpointing else per_layer)
@@ -405,44 +413,35 @@ def estimate(
         saved = tokens * arch.layers * per_layer
     recomputed = tokens * per_layer if training.gradient_checkpointing else 0.0
     forward_loss, backward_loss = (tokens * arch.vocab * b for b in loss_bytes_per_logit(training))
-    step = (state_bytes / 2) * trainable / (split if "optimizer" in shards else 1)
-    step = step if training.foreach_optimizer and not training.optimizer_in_backward else 0.0
-    kept_gradients = gradients if training.gradient_accumulation > 1 else 0.0
+    step = 0.0
+    if training.foreach_optimizer and not training.optimizer_in_backward:
+        step = state_bytes(training) / 2 * trainable / (split if "optimizer" in shards else 1)
+    kept = gradients if training.gradient_accumulation > 1 else 0.0
+    backward = recomputed + (saved if kept else max(saved - gradients, 0.0))
     phases = {
-        "forward": (kept_gradients, saved, forward_loss, 0.0),
+        "forward": (kept, saved, forward_loss, 0.0),
         # Backward starts from the loss with every activation still saved.
-        "loss backward": (kept_gradients, saved, backward_loss, 0.0),
-        "backward": (
-            gradients,
-            recomputed + (saved if kept_gradients else max(saved - gradients, 0.0)),
-            0.0,
-            0.0,
-        ),
+        "loss backward": (kept, saved, backward_loss, 0.0),
+        "backward": (gradients, backward, 0.0, 0.0),
         "optimizer step": (gradients, 0.0, 0.0, step),
     }
-    phase, (grads, activations, logits, step_buffers) = max(
-        phases.items(), key=lambda item: sum(item[1])
-    )
-    dequantized = 0.0
+    phase, parts = max(phases.items(), key=lambda item: sum(item[1]))
+    names = ("gradients", "activations", "logits", "step_buffers")
+    added = dict(zip(names, parts, strict=True))
+    added["dequantized"] = 0.0
     if training.weight_bits < 16 and phase != "optimizer step":
-        dequantized = p * max(i * o for i, o in arch.linear_shapes().values())
-    largest_transient = (
-        tokens * arch.vocab * 4.0
-        if not training.chunked_loss
-        else recomputed or saved / arch.layers
+        added["dequantized"] = p * max(i * o for i, o in arch.linear_shapes().values())
+    chunked = training.chunked_loss or training.chunked_upcast
+    added["allocator"] = (
+        tokens * arch.vocab * 4.0 if not chunked else recomputed or saved / arch.layers
     )
+    return phase, added
+
+
+def estimate(
+    arch: Architecture, training: Training, cuda_context_gib: float = 0.5
+) -> MemoryEstimate:
+    phase, added = peak_phase(arch, training)
     return MemoryEstimate(
-        weights=weights,
-        adapter=adapter,
-        optimizer=optimizer,
-        paged_optimizer=paged_optimizer,
-        gradients=grads,
-        activations=activations,
-        logits=logits,
-        step_buffers=step_buffers,
-        dequantized=dequantized,
-        gathered_weights=gathered,
-        allocator=largest_transient,
-        cuda_context=cuda_context_gib * GIB,
-        phase=phase,
+        **staying(arch, training), **added, cuda_context=cuda_context_gib * GIB, phase=phase
     )
