@@ -43,7 +43,8 @@ from tuner.memory import GIB
 from tuner.options import Option, choice, parse_options, positive_int, split_options
 from tuner.plan import PLAN_OPTIONS, Plan, make_plan
 from tuner.project import ROOT, portable
-from tuner.recipes import compose
+from tuner.random_weights import random_weights_folder
+from tuner.recipes import ComposedRecipe, compose
 from tuner.train import axolotl_env, ensure_base_model, launcher_args
 from tuner.validation import validate
 
@@ -158,6 +159,62 @@ def judge(plan: Plan, measured: list[Measured]) -> tuple[bool, str]:
     return within, f"{where}; {fits}"
 
 
+def run_axolotl(recipe: ComposedRecipe, out: Path, cpu: bool, console: Console) -> None:
+    """Axolotl's preprocess and train on the smoke config, from a fresh output folder."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    config_path = out / "config.yaml"
+    config_path.write_text(recipe.to_yaml())
+    env = axolotl_env(recipe)
+    if cpu:
+        env.update(LIVE_TENSORS_ENV)
+    log = out / "axolotl.log"
+    ensure_base_model(recipe, env, log)
+    rel = os.path.relpath(config_path, ROOT)
+    console.print(f"Smoke test: {recipe.config['max_steps']} steps → {out}")
+    run_logged(["axolotl", "preprocess", rel], env, log, HINT)
+    run_logged(["axolotl", "train", rel, *launcher_args(recipe)], env, log, HINT)
+
+
+def result_of(
+    recipe: ComposedRecipe,
+    plan: Plan,
+    random_weights: bool,
+    measured: list[Measured],
+    step_seconds: list[float],
+) -> SmokeResult:
+    config = recipe.config
+    timed = step_seconds[1:] or step_seconds
+    step = statistics.median(timed) if timed else 0.0
+    sequence = int(config.get("sequence_len", 2048))
+    sequences = int(config.get("micro_batch_size", 1)) * int(
+        config.get("gradient_accumulation_steps", 1)
+    )
+    profile = gpu_profile(recipe.meta, recipe.hardware)
+    rows = 2 if config.get("rl") else 1
+    tokens = sequences * rows * sequence * (profile.count if profile else 1)
+    within, verdict = judge(plan, measured)
+    allocated = plan.memory.allocated
+    return SmokeResult(
+        task=recipe.task,
+        hardware=recipe.hardware,
+        model=plan.model,
+        random_weights=random_weights,
+        steps=int(config["max_steps"]),
+        sequence_len=sequence,
+        tokens_per_step=tokens,
+        step_seconds=round(step, 3),
+        tokens_per_second=round(tokens / step, 1) if step else 0.0,
+        estimated_allocated_gib=round(allocated / GIB, 2),
+        estimated_reserved_gib=round(plan.memory.reserved / GIB, 2),
+        band_upper_gib=round((plan.band.upper(allocated) if plan.band else allocated) / GIB, 2),
+        band=asdict(plan.band) if plan.band else None,
+        measured=measured,
+        within_band=within,
+        verdict=verdict,
+    )
+
+
 def smoke(task: str, hardware: str, arguments: list[str], console: Console) -> SmokeResult | None:
     """The measured result; None when it ran inside the hardware's image, which wrote
     and printed it."""
@@ -169,68 +226,22 @@ def smoke(task: str, hardware: str, arguments: list[str], console: Console) -> S
     if profile is not None and should_dispatch():
         run_in_image(hardware, ["smoke", task, hardware, *arguments])
         return None
-    random_weights = options["random_weights"] == "true"
-    if random_weights:
-        from tuner.random_weights import random_weights_folder
-
+    if options["random_weights"] == "true":
         base = compose(task, hardware, overrides, formats=False).config["base_model"]
         overrides = [*overrides, f"base_model={portable(random_weights_folder(str(base)))}"]
 
     recipe = compose(task, hardware, overrides)
     out = recipe.run_dir / "smoke"
-    config = smoke_config(recipe.config, options["steps"], out)
-    recipe = replace(recipe, config=config)
+    recipe = replace(recipe, config=smoke_config(recipe.config, options["steps"], out))
     report = validate(recipe)
     if not report.ok:
         raise TunerError(report.summary())
     if profile is not None:
         check_machine(hardware, profile, detect_gpus())
     plan = make_plan(task, hardware, overrides)
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    config_path = out / "config.yaml"
-    config_path.write_text(recipe.to_yaml())
-    env = axolotl_env(recipe)
-    if profile is None:
-        env.update(LIVE_TENSORS_ENV)
-    log = out / "axolotl.log"
-    ensure_base_model(recipe, env, log)
-    rel = os.path.relpath(config_path, ROOT)
-    console.print(f"Smoke test: {options['steps']} steps of {task} on {hardware} → {out}")
-    run_logged(["axolotl", "preprocess", rel], env, log, HINT)
-    run_logged(["axolotl", "train", rel, *launcher_args(recipe)], env, log, HINT)
-
-    measured, step_seconds = measurements(out, profile is None)
-    timed = step_seconds[1:] or step_seconds
-    step = statistics.median(timed) if timed else 0.0
-    sequence = int(config.get("sequence_len", 2048))
-    sequences = int(config.get("micro_batch_size", 1)) * int(
-        config.get("gradient_accumulation_steps", 1)
-    )
-    rows = 2 if config.get("rl") else 1
-    tokens = sequences * rows * sequence * (profile.count if profile else 1)
-    within, verdict = judge(plan, measured)
-    result = SmokeResult(
-        task=task,
-        hardware=hardware,
-        model=plan.model,
-        random_weights=random_weights,
-        steps=options["steps"],
-        sequence_len=sequence,
-        tokens_per_step=tokens,
-        step_seconds=round(step, 3),
-        tokens_per_second=round(tokens / step, 1) if step else 0.0,
-        estimated_allocated_gib=round(plan.memory.allocated / GIB, 2),
-        estimated_reserved_gib=round(plan.memory.reserved / GIB, 2),
-        band_upper_gib=round(plan.band.upper(plan.memory.allocated) / GIB, 2)
-        if plan.band
-        else round(plan.memory.allocated / GIB, 2),
-        band=asdict(plan.band) if plan.band else None,
-        measured=measured,
-        within_band=within,
-        verdict=verdict,
-    )
+    run_axolotl(recipe, out, profile is None, console)
+    random_weights = options["random_weights"] == "true"
+    result = result_of(recipe, plan, random_weights, *measurements(out, profile is None))
     path = recipe.run_dir / "smoke.json"
     path.write_text(json.dumps(result.as_dict(), indent=2))
     print_smoke(result, console)
