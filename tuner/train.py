@@ -145,6 +145,75 @@ def launcher_args(recipe: ComposedRecipe) -> list[str]:
     return []
 
 
+def dispatched(recipe: ComposedRecipe, overrides: list[str], fresh: bool) -> bool:
+    """A GPU target trains inside its image where Docker runs: hand the command over
+    (after checking the host's driver can run the image's CUDA). True if handed over."""
+    profile = gpu_profile(recipe.meta, recipe.hardware)
+    dispatch = profile is not None and should_dispatch()
+    if profile is not None and (dispatch or in_image()):
+        problem = driver_problem(recipe.hardware, host_driver())
+        if problem:
+            raise TunerError(problem)
+    if dispatch:
+        again = ["train", recipe.task, recipe.hardware, *overrides, *(["--fresh"] if fresh else [])]
+        run_in_image(recipe.hardware, again)
+    return dispatch
+
+
+def start_manifest(
+    recipe: ComposedRecipe,
+    overrides: list[str],
+    config_path: Path,
+    resumed_from: str | None,
+    detected: list[Any],
+) -> dict[str, Any]:
+    return {
+        "task": recipe.task,
+        "hardware": recipe.hardware,
+        "overrides": overrides,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "libraries": library_versions(),
+        "config": portable(config_path),
+        "config_sha256": sha256_text(recipe.to_yaml()),
+        "base_model": recipe.config.get("base_model"),
+        "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),
+        "seed": recipe.config.get("seed"),
+        "chat": chat_record(recipe),
+        "gpus": [asdict(g) for g in detected],
+        "env": recipe.env,
+        "resumed_from": resumed_from,
+        "python": sys.version.split()[0],
+    }
+
+
+def prepare_folder(recipe: ComposedRecipe, fresh: bool) -> str | None:
+    """The run folder ready to train in: emptied with --fresh, refused when it holds
+    another config's checkpoints, incomplete checkpoints removed. The checkpoint to
+    resume from, if any."""
+    out = recipe.run_dir
+    previous = read_manifest(out / "manifest.json")
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    elif (
+        checkpoints(out)
+        and previous
+        and previous.get("config_sha256") != sha256_text(recipe.to_yaml())
+    ):
+        raise TunerError(
+            f"{out} holds checkpoints of a run with a different config; resuming them "
+            "would mix the two. Re-run with --fresh to start over (it deletes that run), "
+            "or set TUNER_RUNS to use another runs folder."
+        )
+    for path in discard_incomplete_checkpoints(out):
+        console.print(f"Removed {path}: written only in part when the last run stopped.")
+    saved = checkpoints(out)
+    if saved:
+        console.print(f"Resuming from {out / saved[-1].name}")
+    return saved[-1].name if saved else None
+
+
 def train(
     task: str,
     hardware: str,
@@ -156,37 +225,15 @@ def train(
     report = validate(recipe)
     if not report.ok:
         raise TunerError(report.summary())
-
-    profile = gpu_profile(recipe.meta, hardware)
-    dispatch = profile is not None and should_dispatch()
-    # The image's torch is a CUDA 13 build: without the driver for it, stop here.
-    if profile is not None and (dispatch or in_image()):
-        problem = driver_problem(hardware, host_driver())
-        if problem:
-            raise TunerError(problem)
-    if dispatch:
-        run_in_image(
-            hardware, ["train", task, hardware, *overrides, *(["--fresh"] if fresh else [])]
-        )
+    if dispatched(recipe, overrides, fresh):
         return recipe
+    profile = gpu_profile(recipe.meta, hardware)
     detected = detect_gpus()
     if profile is not None:
         check_machine(hardware, profile, detected)
 
     out = recipe.run_dir
-    config_text = recipe.to_yaml()
-    config_hash = sha256_text(config_text)
-    manifest_path = out / "manifest.json"
-    previous = read_manifest(manifest_path)
-    if fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    elif checkpoints(out) and previous and previous.get("config_sha256") != config_hash:
-        raise TunerError(
-            f"{out} holds checkpoints of a run with a different config; resuming them "
-            "would mix the two. Re-run with --fresh to start over (it deletes that run), "
-            "or set TUNER_RUNS to use another runs folder."
-        )
-
+    resumed_from = prepare_folder(recipe, fresh)
     config_path = write_config(recipe)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -197,32 +244,8 @@ def train(
     if profile is not None and profile.unified_memory:
         unified_memory_preflight(drop_caches, console)
     ensure_base_model(recipe, env, log)
-
-    for path in discard_incomplete_checkpoints(out):
-        console.print(f"Removed {path}: written only in part when the last run stopped.")
-    saved = checkpoints(out)
-    resumed_from = saved[-1].name if saved else None
-    if resumed_from:
-        console.print(f"Resuming from {out / resumed_from}")
-    manifest: dict[str, Any] = {
-        "task": task,
-        "hardware": hardware,
-        "overrides": overrides,
-        "status": "running",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "libraries": library_versions(),
-        "config": portable(config_path),
-        "config_sha256": config_hash,
-        "base_model": recipe.config.get("base_model"),
-        "datasets": dataset_fingerprints(recipe.config.get("datasets") or []),
-        "seed": recipe.config.get("seed"),
-        "chat": chat_record(recipe),
-        "gpus": [asdict(g) for g in detected],
-        "env": recipe.env,
-        "resumed_from": resumed_from,
-        "python": sys.version.split()[0],
-    }
+    manifest_path = out / "manifest.json"
+    manifest = start_manifest(recipe, overrides, config_path, resumed_from, detected)
     write_manifest(manifest_path, manifest)
 
     start = time.monotonic()
