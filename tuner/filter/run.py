@@ -106,59 +106,30 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
         return write_outputs(out, work, preset, options["tiers"], options, inputs)
 
 
-def run_stages(
-    work: Path,
-    preset: FilterPreset,
-    eval_ngrams: EvalNgrams | None,
-    tasks: int,
-    workers: int,
-    console: Console,
-) -> None:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig,
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import JsonlReader
+Stage = tuple[str, list[Any], int]  # a datatrove pipeline: name, steps, tasks
+
+
+def jsonl_writer(
+    work: Path, folder: str, text: Callable[[Document], bool] = lambda doc: True
+) -> Any:
+    """A JSONL writer keeping each document's text only where `text(doc)` says a later
+    step reads it: the records themselves are read from the input at the end."""
     from datatrove.pipeline.writers import JsonlWriter
+
+    def adapter(_, doc: Document) -> dict[str, Any]:
+        kept_text = doc.text if text(doc) else ""
+        return {"id": doc.id, "text": kept_text, "metadata": doc.metadata}
+
+    return JsonlWriter(
+        str(work / folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter
+    )
+
+
+def minhash_config(dedup: NearDuplicates) -> Any:
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.text import TextNormConfig
 
-    def writer(folder: str, text: Callable[[Document], bool] = lambda doc: True) -> JsonlWriter:
-        """A JSONL writer keeping each document's text only where `text(doc)` says a
-        later step reads it: the records themselves are read from the input at the end."""
-
-        def adapter(_, doc: Document) -> dict[str, Any]:
-            kept_text = doc.text if text(doc) else ""
-            return {"id": doc.id, "text": kept_text, "metadata": doc.metadata}
-
-        return JsonlWriter(
-            str(work / folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter
-        )
-
-    def execute(name: str, pipeline: list, n_tasks: int) -> None:
-        console.print(f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s))")
-        LocalPipelineExecutor(
-            pipeline=pipeline,
-            tasks=n_tasks,
-            workers=min(workers, n_tasks),
-            logging_dir=str(work / "logs" / name),
-        ).run()
-
-    rules = [
-        JsonlReader(str(work / "shards"), compression=None),
-        QualityFilter(
-            preset, eval_ngrams, exclusion_writer=writer("rejected-rules", lambda doc: False)
-        ),
-        writer("passed"),
-    ]
-    dedup = preset.near_duplicates
-    if dedup is None:
-        execute("rules", rules, tasks)
-        return
-    config = MinhashConfig(
+    return MinhashConfig(
         n_grams=dedup.ngram,
         num_buckets=dedup.buckets,
         hashes_per_bucket=dedup.hashes_per_bucket,
@@ -169,54 +140,86 @@ def run_stages(
             remove_punctuation=False, norm_whitespace=False, norm_unicode_diacritics=False
         ),
     )
-    tokenizer = RegexWordTokenizer()
-    execute(
-        "rules",
-        [
-            *rules,
-            MinhashDedupSignature(
-                output_folder=str(work / "signatures"), config=config, language=tokenizer
-            ),
-        ],
-        tasks,
+
+
+def near_duplicate_stages(work: Path, dedup: NearDuplicates, tasks: int) -> list[Stage]:
+    """After the rules (which also write MinHash signatures): buckets, clusters, and the
+    removal of every cluster member but one."""
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
     )
-    execute(
-        "minhash buckets",
-        [
-            MinhashDedupBuckets(
-                input_folder=str(work / "signatures"),
-                output_folder=str(work / "buckets"),
-                config=config,
-            )
-        ],
-        dedup.buckets,
+    from datatrove.pipeline.readers import JsonlReader
+
+    config = minhash_config(dedup)
+    buckets = MinhashDedupBuckets(
+        input_folder=str(work / "signatures"), output_folder=str(work / "buckets"), config=config
     )
-    execute(
-        "minhash clusters",
-        [
-            MinhashDedupCluster(
-                input_folder=str(work / "buckets"),
-                output_folder=str(work / "clusters"),
-                config=config,
-                save_cluster_id=True,
-            )
-        ],
-        1,
+    clusters = MinhashDedupCluster(
+        input_folder=str(work / "buckets"),
+        output_folder=str(work / "clusters"),
+        config=config,
+        save_cluster_id=True,
     )
-    execute(
-        "remove near-duplicates",
-        [
-            JsonlReader(str(work / "passed"), compression=None),
-            MinhashDedupFilter(
-                str(work / "clusters"),
-                exclusion_writer=writer("rejected-near"),
-                load_cluster_ids=True,
-            ),
-            # The record kept for a cluster: its text verifies the cluster's removals.
-            writer("kept", lambda doc: doc.metadata.get("minhash_cluster_id", -1) >= 0),
-        ],
-        tasks,
+    removal = [
+        JsonlReader(str(work / "passed"), compression=None),
+        MinhashDedupFilter(
+            str(work / "clusters"),
+            exclusion_writer=jsonl_writer(work, "rejected-near"),
+            load_cluster_ids=True,
+        ),
+        # The record kept for a cluster: its text verifies the cluster's removals.
+        jsonl_writer(work, "kept", lambda doc: doc.metadata.get("minhash_cluster_id", -1) >= 0),
+    ]
+    return [
+        ("minhash buckets", [buckets], dedup.buckets),
+        ("minhash clusters", [clusters], 1),
+        ("remove near-duplicates", removal, tasks),
+    ]
+
+
+def stages(
+    work: Path, preset: FilterPreset, eval_ngrams: EvalNgrams | None, tasks: int
+) -> list[Stage]:
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+    from datatrove.pipeline.readers import JsonlReader
+
+    rejected = jsonl_writer(work, "rejected-rules", lambda doc: False)
+    rules = [
+        JsonlReader(str(work / "shards"), compression=None),
+        QualityFilter(preset, eval_ngrams, exclusion_writer=rejected),
+        jsonl_writer(work, "passed"),
+    ]
+    dedup = preset.near_duplicates
+    if dedup is None:
+        return [("rules", rules, tasks)]
+    signatures = MinhashDedupSignature(
+        output_folder=str(work / "signatures"),
+        config=minhash_config(dedup),
+        language=RegexWordTokenizer(),
     )
+    return [("rules", [*rules, signatures], tasks), *near_duplicate_stages(work, dedup, tasks)]
+
+
+def run_stages(
+    work: Path,
+    preset: FilterPreset,
+    eval_ngrams: EvalNgrams | None,
+    tasks: int,
+    workers: int,
+    console: Console,
+) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+
+    for name, pipeline, n_tasks in stages(work, preset, eval_ngrams, tasks):
+        console.print(f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s))")
+        LocalPipelineExecutor(
+            pipeline=pipeline,
+            tasks=n_tasks,
+            workers=min(workers, n_tasks),
+            logging_dir=str(work / "logs" / name),
+        ).run()
 
 
 def documents(folder: Path) -> Iterator[dict[str, Any]]:
