@@ -179,21 +179,71 @@ class PairStats:
         return json.dumps(asdict(self), indent=2)
 
 
+def candidate_rows(
+    work: Path,
+    models: list[str],
+    prompts: list[Prompt],
+    samples: int,
+    sampling: Sampling,
+    seed: int,
+    slot: ModelSlot,
+    console: Console,
+) -> list[list[dict[str, str]]]:
+    """Every prompt's responses, model by model; a model's file, once written, is reused."""
+    candidates: list[list[dict[str, str]]] = [[] for _ in prompts]
+    for index, model in enumerate(models):
+        path = work / f"candidates-{index}.jsonl"
+        if not path.is_file():
+            texts = sample_candidates(slot, prompts, model, samples, sampling, seed, console)
+            write_records(path, [{"responses": t} for t in texts])
+        for row, line in zip(candidates, path.read_text().splitlines(), strict=True):
+            row += [{"model": model, "text": t} for t in json.loads(line)["responses"]]
+    return candidates
+
+
+def scored_rows(
+    work: Path,
+    scorer_name: str,
+    judge: str,
+    slot: ModelSlot,
+    prompts: list[Prompt],
+    candidates: list[list[dict[str, str]]],
+    console: Console,
+) -> list[list[float]]:
+    """Every response's score; the scores' file, once written, is reused. A score that
+    could not be read is NaN, which JSON stores as null."""
+    scores_path = work / "scores.jsonl"
+    if not scores_path.is_file():
+        texts = [[c["text"] for c in row] for row in candidates]
+        if scorer_name == "judge":
+            scorer = JudgeScorer(slot, judge, load_judge_settings())
+        else:
+            slot.release()
+            scorer = RewardModelScorer(scorer_name.removeprefix("rm:"))
+        with console.status(f"Scoring {sum(map(len, texts))} responses with {scorer.name}…"):
+            scored = scorer.score(prompts, texts)
+        write_records(scores_path, [{"scores": row} for row in scored])
+    return [
+        [math.nan if s is None else s for s in json.loads(line)["scores"]]
+        for line in scores_path.read_text().splitlines()
+    ]
+
+
 def build_preferences(input_arg: str, option_pairs: list[str], console: Console) -> PairStats:
     options = parse_options(option_pairs, OPTIONS, "prefs")
     scorer_name = options["scorer"]
     if scorer_name != "judge" and not scorer_name.startswith("rm:"):
         raise TunerError(f"scorer={scorer_name}: use 'judge' or 'rm:MODEL'.")
+    models = options["models"]
+    samples = options["samples"] or (1 if len(models) > 1 else 4)
+    if len(models) * samples < 2:
+        raise TunerError("prefs: need at least two responses per prompt (samples=2 or models=A,B).")
     source = Path(input_arg)
     records = read_records(source, Prompts)
     out: Path = options["out"] or source.with_name(source.stem + ".prefs")
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     settings = load_judge_settings()
-    models = options["models"]
-    samples = options["samples"] or (1 if len(models) > 1 else 4)
-    if len(models) * samples < 2:
-        raise TunerError("prefs: need at least two responses per prompt (samples=2 or models=A,B).")
     sampling = Sampling(**settings["candidates"])
     if options["max_tokens"] or models == [EMBEDDED]:
         sampling = sampling.model_copy(update={"max_tokens": options["max_tokens"] or 128})
@@ -216,33 +266,10 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
         {"scorer": options["scorer"], "judge": options["judge"], "settings": settings},
     )
     slot = ModelSlot(options["seed"])
-    candidates: list[list[dict[str, str]]] = [[] for _ in records]
-    for index, model in enumerate(models):
-        path = work / f"candidates-{index}.jsonl"
-        if not path.is_file():
-            texts = sample_candidates(
-                slot, prompts, model, samples, sampling, options["seed"], console
-            )
-            write_records(path, [{"responses": t} for t in texts])
-        for row, line in zip(candidates, path.read_text().splitlines(), strict=True):
-            row += [{"model": model, "text": t} for t in json.loads(line)["responses"]]
-
-    scores_path = work / "scores.jsonl"
-    if not scores_path.is_file():
-        texts = [[c["text"] for c in row] for row in candidates]
-        if scorer_name == "judge":
-            scorer = JudgeScorer(slot, options["judge"], settings)
-        else:
-            slot.release()
-            scorer = RewardModelScorer(scorer_name.removeprefix("rm:"))
-        with console.status(f"Scoring {sum(map(len, texts))} responses with {scorer.name}…"):
-            scored = scorer.score(prompts, texts)
-        write_records(scores_path, [{"scores": row} for row in scored])
-    # A score that could not be read is NaN, which JSON stores as null.
-    scores = [
-        [math.nan if s is None else s for s in json.loads(line)["scores"]]
-        for line in scores_path.read_text().splitlines()
-    ]
+    candidates = candidate_rows(
+        work, models, prompts, samples, sampling, options["seed"], slot, console
+    )
+    scores = scored_rows(work, scorer_name, options["judge"], slot, prompts, candidates, console)
 
     scorer_label = scorer_name if scorer_name != "judge" else f"judge:{options['judge']}"
     pairs, dropped = make_pairs(
