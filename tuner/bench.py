@@ -18,6 +18,7 @@ import json
 import platform
 import random
 import time
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -61,45 +62,53 @@ def write_result(name: str, result: dict[str, Any], console: Console) -> Path:
     return path
 
 
-def bench_generate(console: Console, records: int = 64) -> Path:
-    import torch
+@dataclass(frozen=True)
+class GenerateWorkload:
+    """The prompts and sampling `just bench generate` gives both engines: the two steps
+    of `just generate chat preset=default` for `records` records, and decoding alone."""
 
-    from tuner.generate import templates
-    from tuner.generate.backends import TransformersBackend, VllmBackend, cpu_dtype
-    from tuner.generate.magpie import record_seed
-    from tuner.generate.templates import Sampling
-    from tuner.models import ensure_embedded_model
+    family: Any  # tuner.generate.templates.ModelFamily
+    persona: str
+    preset: Any  # tuner.generate.templates.Preset
+    questions: list[str]
+    seeds: list[int]
 
-    model = str(ensure_embedded_model())
-    family = templates.family_for(model)
-    persona = templates.persona("chat")
-    system = family.system_prompt(persona)
-    preset = templates.preset("default")
-    questions = [
-        json.loads(line)["messages"][0]["content"]
-        for line in (ROOT / "recipes" / "data" / "chat.jsonl").read_text().splitlines()
-    ]
-    questions = (questions * records)[:records]
-    seeds = [record_seed(0, index, 0, 0) for index in range(records)]
-    fixed_length = Sampling(temperature=0.0, max_tokens=128)
-    warm_up = [family.instruction_prompt(persona)] * 2
+    @classmethod
+    def for_model(cls, model: str, records: int) -> GenerateWorkload:
+        from tuner.generate import templates
+        from tuner.generate.magpie import record_seed
 
-    def steps(engine: Any) -> dict[str, tuple[list[str], Sampling]]:
-        """The prompts and sampling of each measured step; the same for both engines."""
+        chat = (ROOT / "recipes" / "data" / "chat.jsonl").read_text().splitlines()
+        questions = [json.loads(line)["messages"][0]["content"] for line in chat]
+        return cls(
+            family=templates.family_for(model),
+            persona=templates.persona("chat"),
+            preset=templates.preset("default"),
+            questions=(questions * records)[:records],
+            seeds=[record_seed(0, index, 0, 0) for index in range(records)],
+        )
+
+    def steps(self, engine: Any) -> dict[str, tuple[list[str], Any]]:
+        from tuner.generate.templates import Sampling
+
+        system = self.family.system_prompt(self.persona)
+        records = len(self.questions)
         return {
-            # `just generate chat preset=default`'s two steps for `records` records:
             # Magpie instructions from the pre-query template, then the answers to the
             # chat task's questions under the task's system prompt.
-            "instruction": ([family.instruction_prompt(persona)] * records, preset.instruction),
+            "instruction": (
+                [self.family.instruction_prompt(self.persona)] * records,
+                self.preset.instruction,
+            ),
             "response": (
                 [
                     engine.render(
                         [{"role": "system", "content": system}, {"role": "user", "content": q}],
                         add_generation_prompt=True,
                     )
-                    for q in questions
+                    for q in self.questions
                 ],
-                preset.response,
+                self.preset.response,
             ),
             # Decoding alone: the same questions under the family's default system prompt,
             # greedy, 128 tokens at most (nearly every answer runs to the limit, so
@@ -107,75 +116,90 @@ def bench_generate(console: Console, records: int = 64) -> Path:
             "fixed_length": (
                 [
                     engine.render([{"role": "user", "content": q}], add_generation_prompt=True)
-                    for q in questions
+                    for q in self.questions
                 ],
-                fixed_length,
+                Sampling(temperature=0.0, max_tokens=128),
             ),
         }
 
-    # Both engines run in the CPU's dtype (cpu_dtype: bfloat16 where the CPU computes in
-    # it, else float32). transformers runs first: vLLM binds its process to its own
-    # threads, which would slow whatever runs after it.
-    baseline_dtype = cpu_dtype()
-    engines = {
-        f"transformers_batch_8_{baseline_dtype}": lambda: TransformersBackend(
-            model, 0, 8, baseline_dtype
-        ),
-        # As a long `just generate` runs it (the default preset): compiled first. The
-        # compilation is timed apart; tokens/s count generation only.
-        "vllm": lambda: VllmBackend(model, seed=0, compile=preset.compile),
-    }
-    measured: dict[str, dict[str, Any]] = {}
-    for name, open_engine in engines.items():
+    def measure(self, name: str, open_engine: Any, console: Console) -> dict[str, Any]:
+        """Load, warm up, then time each step; prints each step's rate as it ends."""
+        import torch
+
+        from tuner.generate.templates import Sampling
+
         loading = time.perf_counter()
         engine = open_engine()
-        measured[name] = {
+        measured: dict[str, Any] = {
             "torch_threads": torch.get_num_threads(),
             "load_seconds": round(time.perf_counter() - loading, 1),
         }
-        engine.complete(warm_up, fixed_length, seeds[:2], family.stop)
-        for step, (prompts, sampling) in steps(engine).items():
-            with console.status(f"{name}: {step} step, {records} prompts…"):
+        warm_up = [self.family.instruction_prompt(self.persona)] * 2
+        greedy = Sampling(temperature=0.0, max_tokens=128)
+        engine.complete(warm_up, greedy, self.seeds[:2], self.family.stop)
+        for step, (prompts, sampling) in self.steps(engine).items():
+            with console.status(f"{name}: {step} step, {len(prompts)} prompts…"):
                 started = time.perf_counter()
-                completions = engine.complete(prompts, sampling, seeds, family.stop)
+                completions = engine.complete(prompts, sampling, self.seeds, self.family.stop)
                 seconds = time.perf_counter() - started
             tokens = sum(c.tokens for c in completions)
-            measured[name][step] = {
+            console.print(
+                f"{name}: {step}: {tokens} tokens in {seconds:.1f} s, "
+                f"{tokens / seconds:.1f} tokens/s"
+            )
+            measured[step] = {
                 "output_tokens": tokens,
                 "finished": sum(c.finished for c in completions),
                 "longest": max(c.tokens for c in completions),
                 "seconds": round(seconds, 2),
                 "output_tokens_per_second": round(tokens / seconds, 1),
             }
-        magpie = [measured[name][step] for step in ("instruction", "response")]
-        measured[name]["magpie_output_tokens_per_second"] = round(
+        magpie = [measured[step] for step in ("instruction", "response")]
+        measured["magpie_output_tokens_per_second"] = round(
             sum(s["output_tokens"] for s in magpie) / sum(s["seconds"] for s in magpie), 1
         )
-        del engine
-    vllm, baseline = measured["vllm"], measured[f"transformers_batch_8_{baseline_dtype}"]
-    magpie_speedup = round(
+        return measured
+
+
+def bench_generate(console: Console, records: int = 64) -> Path:
+    from tuner.generate.backends import TransformersBackend, VllmBackend, cpu_dtype
+    from tuner.models import ensure_embedded_model
+
+    model = str(ensure_embedded_model())
+    workload = GenerateWorkload.for_model(model, records)
+    # Both engines run in the CPU's dtype (cpu_dtype: bfloat16 where the CPU computes in
+    # it, else float32). transformers runs first: vLLM binds its process to its own
+    # threads, which would slow whatever runs after it.
+    dtype = cpu_dtype()
+    baseline_name = f"transformers_batch_8_{dtype}"
+    engines = {
+        baseline_name: lambda: TransformersBackend(model, 0, 8, dtype),
+        # As a long `just generate` runs it (the default preset): compiled first. The
+        # compilation is timed apart; tokens/s count generation only.
+        "vllm": lambda: VllmBackend(model, seed=0, compile=workload.preset.compile),
+    }
+    measured = {name: workload.measure(name, engine, console) for name, engine in engines.items()}
+    vllm, baseline = measured["vllm"], measured[baseline_name]
+    rate = "output_tokens_per_second"
+    speedup = round(
         vllm["magpie_output_tokens_per_second"] / baseline["magpie_output_tokens_per_second"], 2
     )
     return write_result(
         "generate",
         {
-            "model": f"SmolLM2-135M-Instruct (embedded), CPU; both engines in {baseline_dtype}",
+            "model": f"SmolLM2-135M-Instruct (embedded), CPU; both engines in {dtype}",
             "task": "chat",
             "preset": "default",
             "records": records,
             "results": measured,
             "speedup_by_step": {
-                step: round(
-                    vllm[step]["output_tokens_per_second"]
-                    / baseline[step]["output_tokens_per_second"],
-                    2,
-                )
+                step: round(vllm[step][rate] / baseline[step][rate], 2)
                 for step in ("instruction", "response", "fixed_length")
             },
-            "speedup": magpie_speedup,
+            "speedup": speedup,
             "speedup_counts": "instruction and response steps together (output tokens/s)",
             "target_speedup": 8.0,
-            "meets_target": magpie_speedup >= 8.0,
+            "meets_target": speedup >= 8.0,
         },
         console,
     )
