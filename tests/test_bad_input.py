@@ -133,6 +133,8 @@ BAD_OPTIONS = [
     ("generate", ["colour=red"], "unknown option 'colour'"),
     ("plan", ["mfu=fast"], "mfu=fast"),
     ("plan", ["rows=-3"], "rows=-3"),
+    ("plan", ["mfu=5"], "mfu=5"),
+    ("plan", ["price=-1"], "price=-1"),
     ("smoke", ["steps=0"], "steps=0"),
     ("smoke", ["random_weights=maybe"], "random_weights=maybe"),
     ("eval", ["limit=0"], "limit=0"),

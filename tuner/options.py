@@ -64,6 +64,20 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("must lie in (0, 1]")
+    return value
+
+
+def non_negative(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def choice(*allowed: str) -> Callable[[str], str]:
     """A converter accepting only the given words."""
 

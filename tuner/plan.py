@@ -24,7 +24,14 @@ from rich.table import Table
 from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
 from tuner.memory import GIB, Architecture, MemoryEstimate, Training, architecture_for, estimate
-from tuner.options import Option, parse_options, positive_int, split_options
+from tuner.options import (
+    Option,
+    fraction,
+    non_negative,
+    parse_options,
+    positive_int,
+    split_options,
+)
 from tuner.project import ROOT, local_file
 from tuner.recipes import ComposedRecipe, compose, hardware_names, task_names
 from tuner.references import ErrorBand, error_bands
@@ -39,8 +46,8 @@ HEADROOM = 0.95  # of the card's memory: the driver and other processes keep som
 PLAN_OPTIONS = {
     "rows": Option(positive_int, None, "rows of data (local data is counted)"),
     "tokens_per_row": Option(positive_int, None, "tokens per row"),
-    "price": Option(float, None, "price per hour of the machine (the overlay's)"),
-    "mfu": Option(float, None, "assumed model FLOPs utilisation, 0 to 1 (40 %; 25 % quantised)"),
+    "price": Option(non_negative, None, "price per hour of the machine (the overlay's)"),
+    "mfu": Option(fraction, None, "assumed model FLOPs utilisation, 0 to 1 (40 %; 25 % quantised)"),
 }
 
 
