@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from tuner.errors import TunerError
-from tuner.options import Options, options_help
+from tuner.options import options_help
 from tuner.recipes import compose, hardware_names, load_task, task_names
 
 out = Console()
@@ -210,33 +212,46 @@ def cmd_model(_: argparse.Namespace) -> None:
     out.print(str(ensure_embedded_model()))
 
 
+class StageParser(argparse.ArgumentParser):
+    """A stage's parser: its help ends with the stage's key=value options, from their
+    declaration, imported only when the help is shown (importing the filter stage,
+    datatrove included, takes about a second)."""
+
+    def __init__(self, *args: Any, options: str = "", own: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = options
+        self.own = own
+
+    def format_help(self) -> str:
+        if not self.options:
+            return super().format_help()
+        module, name = self.options.split(":")
+        heading = (
+            "the project's own options (key=value), beside Axolotl overrides"
+            if self.own
+            else "options (key=value)"
+        )
+        self.epilog = options_help(getattr(importlib.import_module(module), name), heading)
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner", description="Axolotl fine-tuning recipes per task and per GPU."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    from tuner.evaluate.run import OPTIONS as eval_options
-    from tuner.filter.run import OPTIONS as filter_options
-    from tuner.generate.run import OPTIONS as generate_options
-    from tuner.plan import PLAN_OPTIONS
-    from tuner.preferences import OPTIONS as prefs_options
-    from tuner.smoke import SMOKE_OPTIONS
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=StageParser)
 
     def stage(
-        name: str, summary: str, options: Options, description: str = "", own: bool = False
+        name: str, summary: str, options: str, description: str = "", own: bool = False
     ) -> argparse.ArgumentParser:
-        """A command whose key=value options list themselves from their declaration."""
-        heading = (
-            "the project's own options (key=value), beside Axolotl overrides"
-            if own
-            else "options (key=value)"
-        )
+        """A command whose key=value options (`module:NAME`) list themselves in its help."""
         return sub.add_parser(
             name,
             help=summary,
             description=description or summary,
-            epilog=options_help(options, heading),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            options=options,
+            own=own,
         )
 
     sub.add_parser("list", help="list tasks and hardware targets").set_defaults(func=cmd_list)
@@ -272,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "generate",
         "Magpie instructions and responses for TASK (re-run to resume)",
-        generate_options,
+        "tuner.generate.run:OPTIONS",
     )
     p.add_argument("task")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
@@ -281,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "filter",
         "quality rules, exact and near-duplicate removal, decontamination",
-        filter_options,
+        "tuner.filter.run:OPTIONS",
     )
     p.add_argument("input", help="a JSONL file of conversations (or a comma list)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
@@ -290,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "prefs",
         "preference pairs for DPO: sample responses, score them, best vs worst",
-        prefs_options,
+        "tuner.preferences:OPTIONS",
     )
     p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
     p.add_argument("options", nargs="*", help="key=value options (see above)")
@@ -326,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "plan",
         "memory, time and cost of a recipe on a card, before renting it",
-        PLAN_OPTIONS,
+        "tuner.plan:PLAN_OPTIONS",
         description="Estimates peak GPU memory per device (weights, adapter, gradients, "
         "optimizer, activations, logits, ZeRO sharding) with the planner's error band on "
         "published measurements (bench/published-memory.yaml), a verdict at the band's "
@@ -344,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "smoke",
         "a few real training steps, peak memory measured against the plan",
-        SMOKE_OPTIONS,
+        "tuner.smoke:SMOKE_OPTIONS",
         description="Runs Axolotl for a few steps on the config `just train` composes, "
         "every batch padded to sequence_len, and writes runs/TASK-HW/smoke.json: peak "
         "memory per device (allocated and reserved; on cpu the process's resident "
@@ -360,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "eval",
         "the task's suite on the base and the fine-tuned model, then the comparison",
-        eval_options,
+        "tuner.evaluate.run:OPTIONS",
         description="Results in runs/TASK-HW/eval/.",
     )
     p.add_argument("task")
