@@ -72,6 +72,7 @@ class Comparison:
 
     def as_dict(self) -> dict[str, Any]:
         ref = self.reference
+        memory = ref.estimate()
         row: dict[str, Any] = {
             "name": ref.name,
             "source": ref.source,
@@ -84,8 +85,8 @@ class Comparison:
             "estimated": round(self.estimated, 2),
             "relative_error": round(self.error, 3),
             "within_20_percent": self.within_target,
-            "breakdown_gib": ref.estimate().gib(),
-            "peak_phase": ref.estimate().phase,
+            "breakdown_gib": memory.gib(),
+            "peak_phase": memory.phase,
         }
         if self.matching:
             row["unstated_value_matching_figure"] = self.matching

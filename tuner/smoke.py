@@ -136,15 +136,21 @@ def measurements(out: Path, cpu: bool) -> tuple[list[Measured], list[float]]:
     return rows, steps
 
 
+def allocated_band(plan: Plan) -> tuple[float, float]:
+    """The planned allocation corrected by the error band's two edges, in bytes."""
+    allocated, band = plan.memory.allocated, plan.band
+    if band is None:
+        return allocated, allocated
+    return allocated / (1 + max(band.high, 0.0)), band.upper(allocated)
+
+
 def judge(plan: Plan, measured: list[Measured]) -> tuple[bool, str]:
     """Within the band: the largest device's allocation lies between the estimate
     corrected by the band's two edges. Fits: its reserved memory, with the CUDA
     context, is under the card's size."""
     memory = plan.memory
     peak = max(m.allocated for m in measured) * GIB
-    band = plan.band
-    low = memory.allocated / (1 + max(band.high, 0.0)) if band else memory.allocated
-    high = band.upper(memory.allocated) if band else memory.allocated
+    low, high = allocated_band(plan)
     within = low <= peak <= high
     where = (
         "within the plan's band"
@@ -194,7 +200,6 @@ def result_of(
     rows = 2 if config.get("rl") else 1
     tokens = sequences * rows * sequence * (profile.count if profile else 1)
     within, verdict = judge(plan, measured)
-    allocated = plan.memory.allocated
     return SmokeResult(
         task=recipe.task,
         hardware=recipe.hardware,
@@ -205,9 +210,9 @@ def result_of(
         tokens_per_step=tokens,
         step_seconds=round(step, 3),
         tokens_per_second=round(tokens / step, 1) if step else 0.0,
-        estimated_allocated_gib=round(allocated / GIB, 2),
+        estimated_allocated_gib=round(plan.memory.allocated / GIB, 2),
         estimated_reserved_gib=round(plan.memory.reserved / GIB, 2),
-        band_upper_gib=round((plan.band.upper(allocated) if plan.band else allocated) / GIB, 2),
+        band_upper_gib=round(allocated_band(plan)[1] / GIB, 2),
         band=asdict(plan.band) if plan.band else None,
         measured=measured,
         within_band=within,
@@ -220,14 +225,15 @@ def smoke(task: str, hardware: str, arguments: list[str], console: Console) -> S
     and printed it."""
     own, overrides = split_options(arguments, SMOKE_OPTIONS)
     options = parse_options(own, SMOKE_OPTIONS, "smoke")
-    if any(a.split("=", 1)[0] in PLAN_OPTIONS for a in overrides):
+    if split_options(overrides, PLAN_OPTIONS)[0]:
         raise TunerError(f"smoke: {', '.join(PLAN_OPTIONS)} are `just plan`'s options.")
-    profile = gpu_profile(compose(task, hardware, overrides, formats=False).meta, hardware)
+    draft = compose(task, hardware, overrides, formats=False)
+    profile = gpu_profile(draft.meta, hardware)
     if profile is not None and should_dispatch():
         run_in_image(hardware, ["smoke", task, hardware, *arguments])
         return None
     if options["random_weights"] == "true":
-        base = compose(task, hardware, overrides, formats=False).config["base_model"]
+        base = draft.config["base_model"]
         overrides = [*overrides, f"base_model={portable(random_weights_folder(str(base)))}"]
 
     recipe = compose(task, hardware, overrides)
