@@ -9,7 +9,7 @@ infer := venvs + "/infer/bin/python"
 
 # List the recipes of this Justfile
 default:
-    @just --list
+    @{{just_executable()}} --list
 
 # Create the training and inference environments (idempotent; minutes the first time)
 setup:

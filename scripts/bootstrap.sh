@@ -47,8 +47,31 @@ stamp() {
   cat "$@" | sha256sum | cut -d' ' -f1 > "$venv/.built-from"
 }
 
+# The interpreter the environments are made from: the base one, also when this runs
+# inside a virtual environment (the user's own, or .venvs/train itself on PATH).
+base_python="$(python3 -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+
+# make_venv DIR: a virtual environment with pip in it. Where Python comes without
+# ensurepip (Colab; Debian and Ubuntu without python3-venv), the environment is made
+# without pip and the host's pip installs pip into it (pip's --python). pip inside a
+# virtual environment is exempt from PEP 668's "externally-managed-environment".
+make_venv() {
+  if "$base_python" -m venv --clear "$1" 2> /dev/null; then
+    return
+  fi
+  if ! "$base_python" -m venv --clear --without-pip "$1"; then
+    echo "Python's venv module is missing: install it (Debian, Ubuntu: apt-get install python3-venv)." >&2
+    exit 1
+  fi
+  if ! "$base_python" -m pip --python "$1/bin/python" install --quiet pip; then
+    echo "This Python has neither ensurepip nor pip: install one" \
+      "(Debian, Ubuntu: apt-get install python3-venv)." >&2
+    exit 1
+  fi
+}
+
 new_venv() {
-  python3 -m venv --clear "$1"
+  make_venv "$1"
   # --no-compile: bytecode is written on first import, for the modules really used.
   pip=("$1/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
   # torch first and by exact version: on a CPU machine pip finds the CPU wheel in its
@@ -91,6 +114,9 @@ if ! up_to_date "$train" "${train_inputs[@]}"; then
   stamp "$train" "${train_inputs[@]}"
   echo "Training environment ready: $train"
 fi
+# `just` (the train environment's dev extra) alone on a PATH entry of its own.
+mkdir -p "$venvs/bin"
+ln -sfn ../train/bin/just "$venvs/bin/just"
 
 infer="$venvs/infer"
 infer_inputs=("$root/pyproject.toml" "$root/constraints/infer.txt" "$root/scripts/vllm_cpu.py" "$0")

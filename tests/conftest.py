@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,23 @@ def run_tuner(
         text=True,
         timeout=timeout,
     )
+
+
+def copy_working_tree(target: Path) -> None:
+    """A clone of this repository with the working tree's current files: what a fresh
+    clone of it would be once committed (build outputs, venvs and runs stay behind)."""
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(target)], check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
 
 
 @pytest.fixture

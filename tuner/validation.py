@@ -12,13 +12,16 @@ import difflib
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import TunerError
 from tuner.hardware import GpuProfile, gpu_profile
 from tuner.recipes import ComposedRecipe
+
+if TYPE_CHECKING:
+    from tuner.chat import ChatFormat
 
 # Compute capabilities for which no FlashAttention-2 build exists: Turing (flash-attn
 # #542) and the DGX Spark's GB10 (flash-attn #1969).
@@ -216,7 +219,7 @@ def image_checks(config: dict[str, Any], hardware: str) -> list[Problem]:
 def chat_checks(recipe: ComposedRecipe) -> list[Problem]:
     """Training must end each answer with the token the chat template ends an assistant
     turn with, and generation must stop on it (see tuner.chat)."""
-    from tuner.chat import chat_format, facts_for, user_format
+    from tuner.chat import chat_format, facts_for
     from tuner.recipes import unknown_tokenizer
 
     config = recipe.config
@@ -255,7 +258,17 @@ def chat_checks(recipe: ComposedRecipe) -> list[Problem]:
         problems.append(
             Problem("eot_tokens", f"{eot} leaves out {end}, the end of turn of {name}.")
         )
+    return problems + dataset_chat_checks(config, chat, name)
+
+
+def dataset_chat_checks(config: dict[str, Any], chat: ChatFormat, name: str) -> list[Problem]:
+    """Each dataset keeps the end of turn in the loss, and a hand-written prompt format
+    renders the template's user turn."""
+    from tuner.chat import user_format
+
+    end = chat.end_of_turn
     opening, generation_prompt = user_format(chat, "{instruction}").split("{instruction}", 1)
+    problems = []
     for index, entry in enumerate(config.get("datasets") or []):
         reader = entry.get("type") if isinstance(entry, dict) else None
         where = f"datasets[{index}]"
@@ -269,9 +282,9 @@ def chat_checks(recipe: ComposedRecipe) -> list[Problem]:
             continue
         for key in ("format", "no_input_format"):
             written = reader.get(key)
-            if written is None:
-                continue
-            if not (written.startswith(opening) and written.endswith(generation_prompt)):
+            if written is not None and not (
+                written.startswith(opening) and written.endswith(generation_prompt)
+            ):
                 problems.append(
                     Problem(
                         f"{where}.type.{key}",
