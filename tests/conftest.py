@@ -58,3 +58,32 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "runs"
     monkeypatch.setenv("TUNER_RUNS", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight two-layer model of SmolLM2's architecture with its real
+    tokenizer, for tests of plumbing: it runs in milliseconds, and what it writes is
+    noise."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.models import ensure_embedded_model
+
+    source = ensure_embedded_model()
+    config = AutoConfig.from_pretrained(source)
+    config.update(
+        {
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+        }
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from rich.console import Console
 
 from tuner.environments import subprocess_env
@@ -40,9 +41,10 @@ from tuner.evaluate.harness import Engine, ModelUnderTest
 from tuner.evaluate.run import evaluate_model, shared_settings
 from tuner.evaluate.suites import Settings
 from tuner.logged import run_logged
-from tuner.models import ensure_embedded_model
 from tuner.project import ROOT
 
+# One worker builds the harness's environment and the problems for all of them.
+pytestmark = pytest.mark.xdist_group("bigcode")
 HARNESS = "nvidia-bigcode-eval==26.3"
 HARNESS_ENV = ROOT / ".cache" / "test-envs" / "bigcode"
 ENGINE = Engine("hf", "float32", cpu=True)
@@ -54,12 +56,15 @@ def bigcode_python() -> Path:
     bootstrap.sh installs it), then the harness and PEFT; kept while the pin is the same."""
     python = HARNESS_ENV / "bin" / "python"
     stamp = HARNESS_ENV / ".built-from"
-    if not (stamp.is_file() and stamp.read_text() == HARNESS):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(HARNESS_ENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True, env=subprocess_env())
-        subprocess.run([*pip, HARNESS, "peft>=0.20"], check=True, env=subprocess_env())
-        stamp.write_text(HARNESS)
+    HARNESS_ENV.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: the suite's workers share the cache.
+    with FileLock(HARNESS_ENV.with_suffix(".lock")):
+        if not (stamp.is_file() and stamp.read_text() == HARNESS):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(HARNESS_ENV)], check=True)
+            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            subprocess.run([*pip, "torch==2.13.0"], check=True, env=subprocess_env())
+            subprocess.run([*pip, HARNESS, "peft>=0.20"], check=True, env=subprocess_env())
+            stamp.write_text(HARNESS)
     return python
 
 
@@ -74,32 +79,6 @@ def problems_folder(tmp_path_factory) -> Path:
     problems = list(read_problems().values())[:3]
     lines = "".join(json.dumps(problem) + "\n" for problem in problems)
     (folder / "evalplus" / "humanevalplus" / "test.jsonl").write_text(lines)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight two-layer model of SmolLM2's architecture with its real
-    tokenizer: it completes in milliseconds, and what it writes fails the tests."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    source = ensure_embedded_model()
-    config = AutoConfig.from_pretrained(source)
-    config.update(
-        {
-            "num_hidden_layers": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-        }
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
 
 

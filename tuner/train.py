@@ -139,10 +139,18 @@ def chat_record(recipe: ComposedRecipe) -> dict[str, Any]:
 
 
 def launcher_args(recipe: ComposedRecipe) -> list[str]:
+    """accelerate for several devices, one process each; for one device Axolotl's
+    `python` launcher trains in the `axolotl` process itself, without starting another
+    (accelerate's, Axolotl's default) that imports torch and Axolotl again."""
     profile = gpu_profile(recipe.meta, recipe.hardware)
     if profile and profile.count > 1:
         return ["--launcher", "accelerate", "--", "--num_processes", str(profile.count)]
-    return []
+    return ["--launcher", "python"]
+
+
+def multi_process(recipe: ComposedRecipe) -> bool:
+    profile = gpu_profile(recipe.meta, recipe.hardware)
+    return profile is not None and profile.count > 1
 
 
 def dispatched(recipe: ComposedRecipe, overrides: list[str], fresh: bool) -> bool:
@@ -251,14 +259,13 @@ def train(
     start = time.monotonic()
     rel_config = os.path.relpath(config_path, ROOT)
     try:
-        launcher = launcher_args(recipe)
         # `axolotl train` tokenizes the data itself when none is prepared. Preprocessing
         # first (Axolotl's README: "optional but recommended") spares each of several
         # processes doing it; for one process it is one more start of Axolotl. A resumed
         # run's data was prepared by the attempt that wrote its checkpoints.
-        if launcher and not resumed_from:
+        if multi_process(recipe) and not resumed_from:
             run_logged(["axolotl", "preprocess", rel_config], env, log, RESUME_HINT)
-        run_logged(["axolotl", "train", rel_config, *launcher], env, log, RESUME_HINT)
+        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log, RESUME_HINT)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
         write_manifest(manifest_path, manifest)
