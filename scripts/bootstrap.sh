@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the two environments when missing or out of date:
+# Creates the two environments when missing or out of date, and links `just` from the
+# first into .venvs/bin/ (the README's commands call it there):
 #   .venvs/train  Axolotl (training, DPO, merging) with Axolotl's pins
 #   .venvs/infer  vLLM's CPU build and the data stages (generation, filtering, preferences)
 # They cannot be one: Axolotl 0.19 and vLLM 0.32 pin incompatible huggingface_hub,

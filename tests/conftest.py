@@ -87,3 +87,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end modules first, the demo's and the pipeline's leading, so that the
+    suite's two workers start on its longest chains and the rest fills in around them
+    (pytest-xdist hands out modules in the order of their first test)."""
+    first = ("test_demo.py", "test_pipeline.py")
+    items.sort(
+        key=lambda item: (
+            item.path.name not in first,
+            item.get_closest_marker("slow") is None,
+        )
+    )

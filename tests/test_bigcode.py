@@ -43,8 +43,6 @@ from tuner.evaluate.suites import Settings
 from tuner.logged import run_logged
 from tuner.project import ROOT
 
-# One worker builds the harness's environment and the problems for all of them.
-pytestmark = pytest.mark.xdist_group("bigcode")
 HARNESS = "nvidia-bigcode-eval==26.3"
 HARNESS_ENV = ROOT / ".cache" / "test-envs" / "bigcode"
 ENGINE = Engine("hf", "float32", cpu=True)

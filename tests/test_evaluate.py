@@ -1,5 +1,6 @@
 """Suites, the project's lm-eval tasks, scoring and the comparison arithmetic (fast; the
-runs of lm-eval on the embedded model are in test_end_to_end.py)."""
+runs of lm-eval on the embedded model are in test_demo.py and
+test_judged_and_code_suites.py)."""
 
 from __future__ import annotations
 

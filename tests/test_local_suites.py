@@ -1,7 +1,7 @@
 """The local variant of every suite: each of the project's lm-eval tasks runs on its
 fixture and scores, here on the tiny random-weight model (what its answers are worth
 is not the point; the evaluation tests that compare base and tuned models on the
-embedded one are in test_end_to_end.py)."""
+embedded one are in test_demo.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 def test_every_local_benchmark_runs_and_reports_every_metric(tiny_model, tmp_path):
     """Every project task of every suite's local variant, one document each, in one call
     of the command `just eval` builds (hf backend, chat template): each reports a number
-    for each of its metrics. test_end_to_end.py runs some suites whole through `just
-    eval`."""
+    for each of its metrics. test_demo.py and test_judged_and_code_suites.py run
+    suites whole through `just eval`."""
     tasks = sorted({b.task for name in suite_names() for b in load_suite(name).local.benchmarks})
     settings = load_suite("instruction").settings.model_copy(update={"limit": 1})
     model = str(tiny_model)

@@ -1,6 +1,6 @@
 """Preference pairs: the pairing rule on given scores. The whole stage, with the real
 embedded model answering and judging through vLLM's CPU build and its pairs training
-the dpo recipe, runs in test_end_to_end."""
+the dpo recipe, runs in test_pipeline.py."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ first run takes about 12 minutes (debootstrap, then both environments), a later 
 about a minute, and a change to what the environments are built from (pyproject.toml,
 constraints/, scripts/) builds them again there. In the root the command runs up to
 `just`, which then lists the recipes and starts a stage in each environment; the demo
-itself runs in tests/test_end_to_end.py."""
+itself runs in tests/test_demo.py."""
 
 from __future__ import annotations
 

@@ -15,8 +15,7 @@ from tuner.project import ROOT
 from tuner.recipes import compose, task_names
 from tuner.train import DEFAULT_ENV, OFFLINE_ENV, write_config
 
-# One worker loads Axolotl once for all of them.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("task-data")]
+pytestmark = pytest.mark.slow
 
 # Where each local dataset keeps the text the model must learn to write (every
 # assistant turn of a conversation).

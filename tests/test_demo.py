@@ -1,0 +1,217 @@
+"""The README's first command, `just demo`, in a fresh copy of this working tree, the
+way a new user meets the project: set-up, model conversion, the instruction recipe
+trained on the embedded model, base vs tuned; then what quality the run shows.
+
+The copy shares this checkout's environments (its `.venvs/` is a link): CI's own
+`just test` builds them first on its clean clone. Everything else in the copy (the
+cache, the converted model, the runs) starts empty. The other end-to-end chains, which
+the suite's second worker runs meanwhile, are test_pipeline.py, test_plumbing.py and
+test_judged_and_code_suites.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_working_tree
+from tests.infer_env import run_infer
+from tests.run_checks import assert_comparison_matches_the_harness_json, trainer_log
+from tuner.manifest import sha256_file
+from tuner.project import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def clean_env() -> dict[str, str]:
+    """This machine's environment without the test run's own virtual environment."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    venv_bin = str(Path(os.sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    env.pop("TUNER_RUNS", None)
+    env.pop("TUNER_CACHE", None)
+    return env
+
+
+class Clone:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.python = root / ".venvs" / "train" / "bin" / "python"
+        self.runs = root / "runs"
+
+    def tuner(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.python), "-m", "tuner", *args],
+            cwd=self.root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def infer(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        """`python -m tuner ARGS` in the copy's inference environment (vLLM)."""
+        return subprocess.run(
+            [str(self.root / ".venvs" / "infer" / "bin" / "python"), "-m", "tuner", *args],
+            cwd=self.root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.CompletedProcess]:
+    """The README's first command in a fresh copy: `.venvs/bin/just demo`."""
+    root = tmp_path_factory.mktemp("fresh") / "repo"
+    copy_working_tree(root)
+    (root / ".venvs").symlink_to(ROOT / ".venvs", target_is_directory=True)
+    done = subprocess.run(
+        [str(root / ".venvs" / "bin" / "just"), "demo"],
+        cwd=root,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return Clone(root), done
+
+
+def test_demo_ends_with_the_base_vs_tuned_table_of_the_instruction_suite(demo):
+    clone, done = demo
+    assert "base vs. instruction LoRA" in done.stdout
+    assert "prompt_level_strict_acc" in done.stdout
+    assert f"Run folder: {clone.runs / 'instruction-cpu'}" in done.stdout
+    eval_dir = clone.runs / "instruction-cpu" / "eval"
+    comparison = assert_comparison_matches_the_harness_json(eval_dir)
+    metrics = {(row["task"], row["metric"]) for row in comparison["rows"]}
+    assert ("tuner_ifeval", "prompt_level_strict_acc") in metrics
+    assert ("tuner_ifeval", "distinct_2") in metrics
+    assert ("tuner_perplexity_instruction", "word_perplexity") in metrics
+    settings = comparison["settings"]
+    assert settings["backend"] == "vllm" and settings["variant"] == "local"
+    assert settings["tokenizer"] == str(clone.runs / "instruction-cpu")
+    # One lm-eval command per model; they differ in the model path only (vLLM runs the
+    # adapter merged into the base).
+    commands = [
+        next(
+            line
+            for line in (eval_dir / label / "lm-eval.log").read_text().splitlines()
+            if line.startswith("$ ")
+        )
+        for label in ("base", "tuned")
+    ]
+    base_args, tuned_args = (command.split() for command in commands)
+    differing = [(b, t) for b, t in zip(base_args, tuned_args, strict=True) if b != t]
+    assert len(differing) == 2, differing  # --model_args and --output_path
+    assert str(eval_dir / "merged") in differing[0][1]
+    assert "--apply_chat_template" in base_args
+    # The adapter moved the model: its answers differ from the base model's.
+    answers = {
+        label: [
+            json.loads(line)["resps"][0][0]
+            for line in next((eval_dir / label).glob("call-0/*/samples_tuner_ifeval_*.jsonl"))
+            .read_text()
+            .splitlines()
+        ]
+        for label in ("base", "tuned")
+    }
+    assert answers["base"] != answers["tuned"]
+
+
+def test_instruction_run_loss_falls_and_the_adapter_is_saved(demo):
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    losses = [row["loss"] for row in trainer_log(run) if "loss" in row]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert (run / "adapter_model.safetensors").stat().st_size > 1_000_000
+    assert json.loads((run / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_manifest_records_code_libraries_config_data_seed_and_time(demo):
+    from tuner.manifest import sha256_text
+
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert len(manifest["git"]["commit"]) == 40
+    assert manifest["libraries"]["axolotl"] == "0.19.0"
+    assert manifest["libraries"]["torch"].startswith("2.13.0")
+    assert manifest["config_sha256"] == sha256_text((run / "config.yaml").read_text())
+    [data] = manifest["datasets"]
+    assert data["sha256"] == sha256_file(clone.root / "recipes/data/instruction.jsonl")
+    assert manifest["seed"] == 42 and manifest["wall_time_s"] > 0
+
+
+def test_manifest_records_the_chat_format_trained_and_the_one_saved(demo):
+    from tuner.manifest import sha256_text
+
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    chat = json.loads((run / "manifest.json").read_text())["chat"]
+    assert chat["template"] == "chatml"
+    assert chat["end_of_turn"] == chat["eos"] == "<|im_end|>"
+    saved = chat["saved"]
+    assert saved["chat_template_sha256"] == sha256_text((run / "chat_template.jinja").read_text())
+    assert saved["end_of_turn"] == saved["eos"] == "<|im_end|>"
+
+
+def test_eval_refuses_a_chat_template_other_than_the_trained_one(demo, tmp_path):
+    """On a copy of the trained run whose saved template was edited since."""
+    clone, _ = demo
+    runs = tmp_path / "runs"
+    shutil.copytree(
+        clone.runs / "instruction-cpu",
+        runs / "instruction-cpu",
+        ignore=shutil.ignore_patterns("checkpoint-*", "eval", "merged", "prepared"),
+    )
+    template = runs / "instruction-cpu" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    done = run_infer("eval", "instruction", "cpu", "limit=1", runs=runs, timeout=300)
+    assert done.returncode == 2  # the command line's exit status for a refused input
+    assert "not the one the run trained with" in done.stderr and "template=any" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (runs / "instruction-cpu" / "eval").exists()
+
+
+def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
+    """Loss of the training answers under the base model and under base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    clone, _ = demo
+    model_dir = clone.root / ".cache/models/SmolLM2-135M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in (clone.root / "recipes/data/instruction.jsonl").open()]
+
+    def answer_loss(model) -> float:
+        total = 0.0
+        for row in rows[:8]:
+            turns = row["conversations"]
+            roles = {"system": "system", "human": "user", "gpt": "assistant"}
+            messages = [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
+            prompt = tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=False
+            )
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            ids = torch.tensor([tokenizer(full, add_special_tokens=False).input_ids])
+            labels = ids.clone()
+            labels[0, : len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
+            with torch.no_grad():
+                total += model(input_ids=ids, labels=labels).loss.item()
+        return total / 8
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base_loss = answer_loss(base)
+    tuned = PeftModel.from_pretrained(base, clone.runs / "instruction-cpu")
+    tuned_loss = answer_loss(tuned)
+    assert tuned_loss < 0.7 * base_loss, (base_loss, tuned_loss)
