@@ -94,8 +94,10 @@ def in_root(rootfs: Path, script: str, timeout: int = 1800) -> subprocess.Comple
         env["PIP_FIND_LINKS"] = str(LOCAL_WHEELS)
     if CA_BUNDLE.is_file():
         env |= {"PIP_CERT": "/etc/host-ca.crt", "SSL_CERT_FILE": "/etc/host-ca.crt"}
+    chroot = shutil.which("chroot")  # in /usr/sbin, which the root's PATH leaves out
+    assert chroot
     return subprocess.run(
-        ["chroot", str(rootfs), "bash", "-c", f"cd /src && {script}"],
+        [chroot, str(rootfs), "bash", "-c", f"cd /src && {script}"],
         env=env,
         capture_output=True,
         text=True,
