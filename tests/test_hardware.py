@@ -58,3 +58,19 @@ def test_a_broken_profile_names_the_file():
         gpu_profile(
             {"gpu": {"name": "X", "compute_capability": "eight"}}, "recipes/hardware/x.yaml"
         )
+
+
+@pytest.mark.parametrize(
+    ("hardware", "launcher"),
+    [
+        ("4090x8", ["--launcher", "accelerate", "--", "--num_processes", "8"]),
+        ("a100", ["--launcher", "python"]),
+        ("cpu", ["--launcher", "python"]),
+    ],
+)
+def test_one_process_per_gpu_of_a_multi_gpu_target_else_axolotls_own(hardware, launcher):
+    from tuner.train import launcher_args, multi_process
+
+    recipe = compose("math", hardware)
+    assert launcher_args(recipe) == launcher
+    assert multi_process(recipe) == (hardware == "4090x8")

@@ -142,13 +142,14 @@ def launcher_args(recipe: ComposedRecipe) -> list[str]:
     """accelerate for several devices, one process each; for one device Axolotl's
     `python` launcher trains in the `axolotl` process itself, without starting another
     (accelerate's, Axolotl's default) that imports torch and Axolotl again."""
-    profile = gpu_profile(recipe.meta, recipe.hardware)
-    if profile and profile.count > 1:
-        return ["--launcher", "accelerate", "--", "--num_processes", str(profile.count)]
+    if multi_process(recipe):
+        count = gpu_profile(recipe.meta, recipe.hardware).count
+        return ["--launcher", "accelerate", "--", "--num_processes", str(count)]
     return ["--launcher", "python"]
 
 
 def multi_process(recipe: ComposedRecipe) -> bool:
+    """One training process per GPU of a multi-GPU target."""
     profile = gpu_profile(recipe.meta, recipe.hardware)
     return profile is not None and profile.count > 1
 
