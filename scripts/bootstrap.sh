@@ -48,15 +48,15 @@ stamp() {
   cat "$@" | sha256sum | cut -d' ' -f1 > "$venv/.built-from"
 }
 
-# The interpreter the environments are made from: the base one, also when this runs
-# inside a virtual environment (the user's own, or .venvs/train itself on PATH).
-base_python="$(python3 -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-
-# make_venv DIR: a virtual environment with pip in it. Where Python comes without
-# ensurepip (Colab; Debian and Ubuntu without python3-venv), the environment is made
-# without pip and the host's pip installs pip into it (pip's --python). pip inside a
-# virtual environment is exempt from PEP 668's "externally-managed-environment".
+# make_venv DIR: a virtual environment with pip in it, made from the base interpreter
+# (also when this runs inside a virtual environment: the user's own, or .venvs/train
+# itself on PATH). Where Python comes without ensurepip (Colab; Debian and Ubuntu
+# without python3-venv), the environment is made without pip and the host's pip
+# installs pip into it (pip's --python). pip inside a virtual environment is exempt
+# from PEP 668's "externally-managed-environment".
 make_venv() {
+  local base_python
+  base_python="$(python3 -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
   if "$base_python" -m venv --clear "$1" 2> /dev/null; then
     return
   fi

@@ -15,6 +15,11 @@ from tuner.project import ROOT
 # Where this machine's pip finds the CPU wheel of torch (PyTorch's own index, which
 # serves it elsewhere, is out of reach here).
 LOCAL_WHEELS = Path("/opt/wheels")
+# This machine's CA bundle, which pip inside an image build or a Debian root needs to
+# reach the package index as it does here.
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# What the slow tests keep between runs: image storages, the Debian root.
+TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-tuner-tests"
 
 
 def run_tuner(

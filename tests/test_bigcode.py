@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 from rich.console import Console
 
 from tuner.environments import subprocess_env
@@ -54,15 +53,12 @@ def bigcode_python() -> Path:
     bootstrap.sh installs it), then the harness and PEFT; kept while the pin is the same."""
     python = HARNESS_ENV / "bin" / "python"
     stamp = HARNESS_ENV / ".built-from"
-    HARNESS_ENV.parent.mkdir(parents=True, exist_ok=True)
-    # One builder at a time: the suite's workers share the cache.
-    with FileLock(HARNESS_ENV.with_suffix(".lock")):
-        if not (stamp.is_file() and stamp.read_text() == HARNESS):
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(HARNESS_ENV)], check=True)
-            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            subprocess.run([*pip, "torch==2.13.0"], check=True, env=subprocess_env())
-            subprocess.run([*pip, HARNESS, "peft>=0.20"], check=True, env=subprocess_env())
-            stamp.write_text(HARNESS)
+    if not (stamp.is_file() and stamp.read_text() == HARNESS):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(HARNESS_ENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True, env=subprocess_env())
+        subprocess.run([*pip, HARNESS, "peft>=0.20"], check=True, env=subprocess_env())
+        stamp.write_text(HARNESS)
     return python
 
 

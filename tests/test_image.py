@@ -16,7 +16,6 @@ or the disk has too little room, the test says so and is skipped."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,20 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_WHEELS
+from tests.conftest import CA_BUNDLE, LOCAL_WHEELS, TEST_CACHE
 from tuner.project import ROOT
 
 pytestmark = pytest.mark.slow
 
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
-# This machine's CA bundle: the build sees it read-only, as it does the folder holding
-# the CPU wheel of torch.
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Measured peak of a first build: 30 GB (df every 10 s during a run); the rest is margin
 # for the run. A rebuild over a kept install layer writes the project's layer only.
 NEEDED_GIB = 40
 NEEDED_GIB_CACHED = 5
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-tuner-tests"
 DOCKERFILE = ROOT / "containers" / "cpu.Dockerfile"
 LOCKS = [ROOT / "containers" / "locks" / f"cpu.{env}.txt" for env in ("train", "infer")]
 
@@ -60,8 +55,8 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (apt-get install {' '.join(TOOLS)})")
-    root = CACHE / f"images-{install_layer_digest()}"
-    for stale in CACHE.glob("images-*"):
+    root = TEST_CACHE / f"images-{install_layer_digest()}"
+    for stale in TEST_CACHE.glob("images-*"):
         if stale != root:
             remove_storage(stale)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +121,7 @@ def cpu_image(storage, tmp_path_factory: pytest.TempPathFactory) -> str:
         [*build, str(ROOT)], capture_output=True, text=True, timeout=2400, cwd=ROOT
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    (CACHE / f"images-{install_layer_digest()}" / "built").touch()
+    (TEST_CACHE / f"images-{install_layer_digest()}" / "built").touch()
     return "localhost/llm-tuner:cpu"
 
 

@@ -21,13 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_WHEELS, copy_working_tree
+from tests.conftest import CA_BUNDLE, LOCAL_WHEELS, TEST_CACHE, copy_working_tree
 from tuner.project import ROOT
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-tuner-tests"
-# This machine's CA bundle and resolver, which pip inside the root needs to reach the
-# package index as it does here.
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# This machine's resolver, which pip inside the root needs as it does the CA bundle.
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
@@ -55,7 +52,7 @@ def debian_root() -> Iterator[Path]:
         pytest.skip(
             f"needs root and {', '.join(missing) or 'debootstrap'} (apt-get install debootstrap)"
         )
-    root = CACHE / "debian-bookworm-setup"
+    root = TEST_CACHE / "debian-bookworm-setup"
     if not (root / "made").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
