@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from tuner.errors import TunerError
 from tuner.evaluate import suites
 from tuner.evaluate.compare import compare, markdown_table, paired_stderr
 from tuner.evaluate.diversity import distinct_n, distinct_n_with_stderr
+from tuner.evaluate.harness import Engine, ModelUnderTest, lm_eval_command
 from tuner.evaluate.report import write_report
 from tuner.evaluate.scoring import tool_call_scores
 from tuner.recipes import load_task, task_names
@@ -48,13 +50,26 @@ def test_lm_eval_knows_every_benchmark_of_every_suite():
     script = (
         "import json; from lm_eval.tasks import TaskManager; "
         "from tuner.evaluate.suites import TASKS_DIR; "
-        "print(json.dumps(sorted(TaskManager(include_path=str(TASKS_DIR)).all_tasks)))"
+        "index = lambda defaults: sorted(TaskManager(include_path=str(TASKS_DIR), "
+        "include_defaults=defaults).all_tasks); "
+        "print(json.dumps([index(True), index(False)]))"
     )
-    known = set(infer_json(script))
+    known, own = map(set, infer_json(script))
     for name in suites.suite_names():
         suite = suites.load_suite(name)
         for benchmark in suite.full.on("lm-eval") + suite.local.benchmarks:
             assert benchmark.task in known, (name, benchmark.task)
+    # What the harness takes for the project's tasks is what lm-eval finds in its folder.
+    assert suites.project_tasks() == own
+
+
+def test_lm_eval_indexes_its_built_in_tasks_only_for_a_call_that_asks_for_one():
+    engine, model = Engine("hf", "float32", cpu=True), ModelUnderTest("base", "m", "m")
+    settings = suites.Settings()
+    own = lm_eval_command(engine, model, ["tuner_ifeval", "tuner_math"], 0, settings, Path("o"))
+    assert own[1:3] == ["-m", "tuner.evaluate.lm_eval_main"]
+    mixed = lm_eval_command(engine, model, ["tuner_math", "gsm8k"], 0, settings, Path("o"))
+    assert mixed[1:3] == ["-m", "lm_eval"]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 
 from tuner.environments import subprocess_env
 from tuner.errors import TunerError
-from tuner.evaluate.suites import TASKS_DIR, Benchmark, Settings
+from tuner.evaluate.suites import TASKS_DIR, Benchmark, Settings, project_tasks
 from tuner.logged import run_logged
 
 BACKENDS = ("vllm", "hf")
@@ -89,7 +89,9 @@ def lm_eval_command(
     settings: Settings,
     out: Path,
 ) -> list[str]:
-    command = [sys.executable, "-m", "lm_eval", "--model", engine.backend]
+    # The project's own tasks alone need no index of lm-eval's built-in ones.
+    entry = "tuner.evaluate.lm_eval_main" if set(tasks) <= project_tasks() else "lm_eval"
+    command = [sys.executable, "-m", entry, "--model", engine.backend]
     command += ["--model_args", engine.model_args(model, settings.seed)]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR)]
     command += ["--batch_size", engine.batch_size(settings), "--seed", str(settings.seed)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -130,6 +131,13 @@ def rubric_text(name: str | None) -> str | None:
         names = ", ".join(sorted(p.stem for p in RUBRICS_DIR.glob("*.txt")))
         raise TunerError(f"No rubric '{name}' ({path} does not exist). Rubrics: {names}.")
     return path.read_text()
+
+
+def project_tasks() -> set[str]:
+    """The lm-eval task names that evaluate/tasks/ defines (each YAML's `task:` line;
+    the files use lm-eval's `!function` tag, which a plain YAML loader refuses)."""
+    found = (re.search(r"^task: *(\S+)", p.read_text(), re.M) for p in TASKS_DIR.glob("*.yaml"))
+    return {match.group(1) for match in found if match}
 
 
 def local_evaluation_sets() -> list[Path]:
