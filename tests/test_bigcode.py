@@ -1,6 +1,7 @@
 """bigcode-evaluation-harness benchmarks, with the real harness: NVIDIA's package of it
 (nvidia-bigcode-eval 26.3, the version the images lock) in an environment of its own,
-built once into .cache/test-envs/bigcode with this machine's CPU torch.
+built once into ~/.cache/llm-tuner-tests/ (it outlives the checkout, as the image test's
+storage does) with this machine's CPU torch.
 
 What runs here for real: the harness's task registry and prompts, its scoring of saved
 completions (post-processing, executing each against the problem's tests, metrics.json),
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tests.conftest import TEST_CACHE
 from tuner.environments import subprocess_env
 from tuner.errors import TunerError
 from tuner.evaluate import suites
@@ -40,10 +42,9 @@ from tuner.evaluate.harness import Engine, ModelUnderTest
 from tuner.evaluate.run import evaluate_model, shared_settings
 from tuner.evaluate.suites import Settings
 from tuner.logged import run_logged
-from tuner.project import ROOT
 
 HARNESS = "nvidia-bigcode-eval==26.3"
-HARNESS_ENV = ROOT / ".cache" / "test-envs" / "bigcode"
+HARNESS_ENV = TEST_CACHE / "bigcode-env"
 ENGINE = Engine("hf", "float32", cpu=True)
 
 
