@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,60 +21,22 @@ from tuner.project import ROOT
 pytestmark = pytest.mark.slow
 
 
+STEPS = 30  # a checkpoint every 2; the tiny model trains a step in milliseconds
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The instruction recipe trained for two steps on the tiny model; its runs folder."""
+def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The instruction recipe on the tiny model, its whole training process group
+    SIGKILLed once a checkpoint is complete, then the same command again, which resumes
+    there and finishes the planned steps. The evaluation and report tests use that run."""
     runs = tmp_path_factory.mktemp("plumbing") / "runs"
-    done = run_tuner(
-        "train", "instruction", "cpu", f"base_model={tiny_model}", "max_steps=2", runs=runs
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return runs
-
-
-def test_eval_through_the_hf_backend_loads_the_adapter_with_peft(tiny_run):
-    done = run_infer("eval", "instruction", "cpu", "backend=hf", "limit=2", runs=tiny_run)
-    assert done.returncode == 0, done.stderr[-4000:]
-    eval_dir = tiny_run / "instruction-cpu" / "eval"
-    comparison = assert_comparison_matches_the_harness_json(eval_dir)
-    assert comparison["settings"]["backend"] == "hf" and comparison["settings"]["limit"] == 2
-    tuned_log = (eval_dir / "tuned" / "lm-eval.log").read_text()
-    assert f"peft={tiny_run / 'instruction-cpu'}" in tuned_log
-    assert "peft=" not in (eval_dir / "base" / "lm-eval.log").read_text()
-    assert all(row["documents"] == 2 for row in comparison["rows"])
-
-
-def test_report_shows_the_comparison_of_an_evaluated_run_with_its_plot(tiny_run):
-    """After the hf evaluation above."""
-    env = {**os.environ, "TUNER_DATA": str(tiny_run.parent / "data")}
-    done = run_tuner("report", runs=tiny_run, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = (tiny_run / "report" / "report.md").read_text()
-    assert "| tuner_ifeval | prompt_level_strict_acc ↑ |" in report
-    assert (tiny_run / "report" / "eval-instruction-cpu.png").read_bytes()[:4] == b"\x89PNG"
-    data = json.loads((tiny_run / "report" / "report.json").read_text())
-    [entry] = [e for e in data["runs"] if e["run"] == "instruction-cpu"]
-    assert entry["comparison"]["settings"]["backend"] == "hf"
-
-
-def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run, tiny_model):
-    """SIGKILL the whole training process group once a checkpoint is complete, then run
-    the same command again: it resumes there and finishes the planned steps."""
-    steps = 30  # a checkpoint every 2; the tiny model trains a step in milliseconds
-    args = [
-        "train",
-        "math",
-        "cpu",
-        f"base_model={tiny_model}",
-        f"max_steps={steps}",
-        "save_steps=2",
-    ]
-    run = tiny_run / "math-cpu"
-    env = {**os.environ, "TUNER_RUNS": str(tiny_run)}
+    args = ["train", "instruction", "cpu", f"base_model={tiny_model}"]
+    args += [f"max_steps={STEPS}", "save_steps=2"]
+    run = runs / "instruction-cpu"
     process = subprocess.Popen(
         [sys.executable, "-m", "tuner", *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "TUNER_RUNS": str(runs)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -87,17 +48,49 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run, tiny_model):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (run / f"checkpoint-{steps}").exists(), "the run finished before the kill"
+    finished_before_the_kill = (run / f"checkpoint-{STEPS}").exists()
+    resumed = run_tuner(*args, runs=runs)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    return {"runs": runs, "resumed": resumed, "finished_before_the_kill": finished_before_the_kill}
 
-    done = run_tuner(*args, runs=tiny_run)
-    assert done.returncode == 0, done.stderr[-5000:]
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run):
+    assert not tiny_run["finished_before_the_kill"], "the run finished before the kill"
+    run, done = tiny_run["runs"] / "instruction-cpu", tiny_run["resumed"]
     manifest = json.loads((run / "manifest.json").read_text())
     resumed_step = int(manifest["resumed_from"].split("-")[1])
     assert resumed_step >= 2
     assert f"Resuming from {run / manifest['resumed_from']}" in done.stderr
-    state = json.loads((run / f"checkpoint-{steps}" / "trainer_state.json").read_text())
-    assert state["global_step"] == steps
+    state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    assert state["global_step"] == STEPS
     # The steps before the kill were not trained again: the resumed process logged
     # only the steps after its checkpoint.
     resumed_log = done.stderr[done.stderr.index("$ axolotl train") :]
-    assert resumed_log.count("'loss'") == steps - resumed_step
+    assert resumed_log.count("'loss'") == STEPS - resumed_step
+
+
+def test_eval_through_the_hf_backend_loads_the_adapter_with_peft(tiny_run):
+    runs = tiny_run["runs"]
+    done = run_infer("eval", "instruction", "cpu", "backend=hf", "limit=2", runs=runs)
+    assert done.returncode == 0, done.stderr[-4000:]
+    eval_dir = runs / "instruction-cpu" / "eval"
+    comparison = assert_comparison_matches_the_harness_json(eval_dir)
+    assert comparison["settings"]["backend"] == "hf" and comparison["settings"]["limit"] == 2
+    tuned_log = (eval_dir / "tuned" / "lm-eval.log").read_text()
+    assert f"peft={runs / 'instruction-cpu'}" in tuned_log
+    assert "peft=" not in (eval_dir / "base" / "lm-eval.log").read_text()
+    assert all(row["documents"] == 2 for row in comparison["rows"])
+
+
+def test_report_shows_the_comparison_of_an_evaluated_run_with_its_plot(tiny_run):
+    """After the hf evaluation above."""
+    runs = tiny_run["runs"]
+    env = {**os.environ, "TUNER_DATA": str(runs.parent / "data")}
+    done = run_tuner("report", runs=runs, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (runs / "report" / "report.md").read_text()
+    assert "| tuner_ifeval | prompt_level_strict_acc ↑ |" in report
+    assert (runs / "report" / "eval-instruction-cpu.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((runs / "report" / "report.json").read_text())
+    [entry] = [e for e in data["runs"] if e["run"] == "instruction-cpu"]
+    assert entry["comparison"]["settings"]["backend"] == "hf"
