@@ -18,12 +18,12 @@ from tuner.recipes import (
 
 TASKS = [
     "chat", "code", "creative", "dpo", "instruction",
-    "legal", "math", "medical", "summarization", "tool-use",
+    "legal", "math", "medical", "pretrain", "summarization", "tool-use",
 ]  # fmt: skip
 HARDWARE = ["4090x8", "a100", "cpu", "dgx-spark", "t4"]
 
 
-def test_ten_tasks_and_five_targets_are_shipped():
+def test_eleven_tasks_and_five_targets_are_shipped():
     assert task_names() == TASKS
     assert hardware_names() == HARDWARE
 
@@ -127,7 +127,8 @@ def test_every_task_names_a_hub_model_a_suite_and_a_local_dataset():
         task = load_task(name)
         meta = task["tuner"]
         assert meta["suite"] and meta["description"]
-        assert (ROOT / meta["local_data"]).is_file()
+        local = meta["local_data"]
+        assert all((ROOT / path).is_file() for path in (local if isinstance(local, list) else [local]))
         for dataset in task["datasets"]:
             assert "/" in dataset["path"], "a hub dataset id (org/name)"
         if name != "dpo":

@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 TASKS_DIR = RECIPES / "tasks"
 HARDWARE_DIR = RECIPES / "hardware"
+# Model shapes (config.json alone) that a from-scratch recipe initialises with fresh weights.
+SHAPES_DIR = RECIPES / "shapes"
 BASE_RECIPE = RECIPES / "base.yaml"
 
 

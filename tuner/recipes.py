@@ -21,6 +21,7 @@ from tuner.project import (
     BASE_RECIPE,
     HARDWARE_DIR,
     ROOT,
+    SHAPES_DIR,
     TASKS_DIR,
     portable,
     run_dir,
@@ -206,7 +207,17 @@ def compose(
     elif meta.get("model") == "embedded" and "base_model" not in user:
         from tuner.models import embedded_model_dir
 
-        config["base_model"] = portable(embedded_model_dir())
+        if meta.get("embedded_shape"):
+            # From scratch where the embedded model runs: a small shape, its tokenizer.
+            config["base_model"] = portable(SHAPES_DIR / meta["embedded_shape"])
+            config["tokenizer_config"] = portable(embedded_model_dir())
+        else:
+            config["base_model"] = portable(embedded_model_dir())
+
+    if "adapter" in config and config["adapter"] is None:
+        # Full training (a task that needs it, or adapter=null): no LoRA settings left over.
+        config = {k: v for k, v in config.items() if not k.startswith("lora_")}
+        config["adapter"] = None
 
     if formats and meta.get("prompt"):
         render_formats(config, meta, hardware)
@@ -291,19 +302,26 @@ def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
 
 
 def local_datasets(task: str, task_cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The task's datasets pointed at its small local JSONL: how to read the data (type,
-    fields, roles) comes from the task's first dataset, so the local file must have the
-    real dataset's format for the run to work."""
+    """The task's datasets pointed at its small local JSONL files: how to read each
+    (type, fields, roles) comes from the task's dataset in the same place (one file: the
+    first dataset), so each local file must have its real dataset's format."""
     meta = task_cfg.get(META_KEY) or {}
     local = meta.get("local_data")
+    files = local if isinstance(local, list) else [local]
     datasets = task_cfg.get("datasets") or []
-    if not local or not datasets:
+    if not local or not datasets or len(files) > len(datasets):
         raise TunerError(
             f"recipes/tasks/{task}.yaml: the cpu overlay needs `tuner.local_data` (a JSONL "
-            "file in the real dataset's format) and at least one entry under `datasets`."
+            "file in the real dataset's format, or a list, one per entry under `datasets`) "
+            "and at least as many entries under `datasets`."
         )
-    path = ROOT / local
-    if not path.is_file():
-        raise TunerError(f"recipes/tasks/{task}.yaml: tuner.local_data names {local}, not found.")
-    reader = {k: v for k, v in datasets[0].items() if k not in DATASET_SOURCE_KEYS}
-    return [{"path": portable(path), "ds_type": "json", "split": "train", **reader}]
+    entries = []
+    for name, dataset in zip(files, datasets, strict=False):
+        path = ROOT / name
+        if not path.is_file():
+            raise TunerError(
+                f"recipes/tasks/{task}.yaml: tuner.local_data names {name}, not found."
+            )
+        reader = {k: v for k, v in dataset.items() if k not in DATASET_SOURCE_KEYS}
+        entries.append({"path": portable(path), "ds_type": "json", "split": "train", **reader})
+    return entries

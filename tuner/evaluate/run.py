@@ -105,6 +105,17 @@ def models_under_test(
     if Path(base_model) == embedded_model_dir().resolve():
         ensure_embedded_model()
     trained = (run / "adapter_config.json").is_file() or (run / "model.safetensors").is_file()
+    from_scratch = bool(config.get("reinit_weights"))
+    if from_scratch and (only == "base" or not trained):
+        raise TunerError(
+            f"{task} trains from scratch: its base_model {config['base_model']} is a shape "
+            "with no weights, so only the trained model can be evaluated. "
+            + (
+                "Evaluate it alone: drop only=base."
+                if trained
+                else f"Run `just train {task} {hardware}` first."
+            )
+        )
     if not trained and only != "base":
         raise TunerError(
             f"{run} holds no trained model. Run `just train {task} {hardware}` first, or "
@@ -117,7 +128,7 @@ def models_under_test(
         tuned = ModelUnderTest("tuned", base_model, tokenizer, adapter=run)
     else:
         tuned = ModelUnderTest("tuned", str(run), tokenizer)
-    chosen = {"base": [base], "tuned": [tuned], None: [base, tuned]}
+    chosen = {"base": [base], "tuned": [tuned], None: [tuned] if from_scratch else [base, tuned]}
     return chosen[only] if trained else [base]
 
 
