@@ -128,7 +128,8 @@ def test_every_task_names_a_hub_model_a_suite_and_a_local_dataset():
         meta = task["tuner"]
         assert meta["suite"] and meta["description"]
         local = meta["local_data"]
-        assert all((ROOT / path).is_file() for path in (local if isinstance(local, list) else [local]))
+        for path in local if isinstance(local, list) else [local]:
+            assert (ROOT / path).is_file(), path
         for dataset in task["datasets"]:
             assert "/" in dataset["path"], "a hub dataset id (org/name)"
         if name != "dpo":
