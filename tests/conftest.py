@@ -21,6 +21,13 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # What the slow tests keep between runs: image storages, the Debian root.
 TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-tuner-tests"
 
+# The suite's two workers often run two vLLM engines at once. vLLM's CPU build binds
+# each engine's OpenMP threads to the same CPUs by default (OMP_PROC_BIND), so on two
+# cores two engines pinned to one CPU slowed each other by more than ten times (a
+# demo evaluation stalled for minutes at engine start). Unbound, the OS shares both
+# cores between them. Every subprocess of the tests inherits it.
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
 
 def run_tuner(
     *args: str, runs: Path | None = None, timeout: int = 900, env: dict[str, str] | None = None

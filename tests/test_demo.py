@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -71,14 +72,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.Co
     root = tmp_path_factory.mktemp("fresh") / "repo"
     copy_working_tree(root)
     (root / ".venvs").symlink_to(ROOT / ".venvs", target_is_directory=True)
-    done = subprocess.run(
+    demo = subprocess.Popen(
         [str(root / ".venvs" / "bin" / "just"), "demo"],
         cwd=root,
         env=clean_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=1500,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = demo.communicate(timeout=2700)
+    except subprocess.TimeoutExpired:
+        # The whole process group: training and evaluation run in grandchildren.
+        os.killpg(demo.pid, signal.SIGKILL)
+        stdout, stderr = demo.communicate()
+    done = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return Clone(root), done
 

@@ -4,6 +4,7 @@ fallback, including a run killed mid-way and resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -146,12 +147,15 @@ def test_vllm_generation_killed_mid_run_resumes_to_exactly_n_unique_records(tmp_
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 400
-    while not (parts / "chunk-000000.jsonl").is_file():
-        assert process.poll() is None, "generation ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 900
+    try:
+        while not (parts / "chunk-000000.jsonl").is_file():
+            assert process.poll() is None, "generation ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended by itself
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     first_chunk = (parts / "chunk-000000.jsonl").read_bytes()
     assert not out.exists()
