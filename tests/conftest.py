@@ -27,6 +27,11 @@ TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / 
 # demo evaluation stalled for minutes at engine start). Unbound, the OS shares both
 # cores between them. Every subprocess of the tests inherits it.
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+# One OpenMP thread per process: two workers already fill two cores. With torch's
+# default of one thread per core, a training beside a vLLM engine ran its steps 13
+# times slower than alone (42 s against 3.2 s), its threads waiting at every barrier
+# for the one the other process had taken.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_tuner(
