@@ -12,6 +12,7 @@ from tuner.recipes import (
     deep_merge,
     hardware_names,
     load_task,
+    local_data_files,
     parse_overrides,
     task_names,
 )
@@ -127,8 +128,9 @@ def test_every_task_names_a_hub_model_a_suite_and_a_local_dataset():
         task = load_task(name)
         meta = task["tuner"]
         assert meta["suite"] and meta["description"]
-        local = meta["local_data"]
-        for path in local if isinstance(local, list) else [local]:
+        files = local_data_files(meta)
+        assert files
+        for path in files:
             assert (ROOT / path).is_file(), path
         for dataset in task["datasets"]:
             assert "/" in dataset["path"], "a hub dataset id (org/name)"

@@ -217,7 +217,6 @@ def compose(
     if "adapter" in config and config["adapter"] is None:
         # Full training (a task that needs it, or adapter=null): no LoRA settings left over.
         config = {k: v for k, v in config.items() if not k.startswith("lora_")}
-        config["adapter"] = None
 
     if formats and meta.get("prompt"):
         render_formats(config, meta, hardware)
@@ -301,15 +300,19 @@ def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
     return entries
 
 
+def local_data_files(meta: dict[str, Any]) -> list[str]:
+    """`tuner.local_data`: one file, or a list of them, one per dataset of the task."""
+    local = meta.get("local_data")
+    return list(local) if isinstance(local, list) else [local] if local else []
+
+
 def local_datasets(task: str, task_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The task's datasets pointed at its small local JSONL files: how to read each
     (type, fields, roles) comes from the task's dataset in the same place (one file: the
     first dataset), so each local file must have its real dataset's format."""
-    meta = task_cfg.get(META_KEY) or {}
-    local = meta.get("local_data")
-    files = local if isinstance(local, list) else [local]
+    files = local_data_files(task_cfg.get(META_KEY) or {})
     datasets = task_cfg.get("datasets") or []
-    if not local or not datasets or len(files) > len(datasets):
+    if not files or not datasets or len(files) > len(datasets):
         raise TunerError(
             f"recipes/tasks/{task}.yaml: the cpu overlay needs `tuner.local_data` (a JSONL "
             "file in the real dataset's format, or a list, one per entry under `datasets`) "
