@@ -71,6 +71,10 @@ smoke task hw *overrides: setup
 eval task hw *options: setup
     {{infer}} -m tuner eval "$@"
 
+# Plan, train, evaluate and compare a grid of runs (experiments/NAME.yaml; plan=true only plans)
+experiment name hw *overrides: setup
+    {{python}} -m tuner experiment "$@"
+
 # One Markdown report with plots over every run folder (runs/report/)
 report *args: setup
     {{python}} -m tuner report "$@"

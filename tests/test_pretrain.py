@@ -22,6 +22,7 @@ from tuner.recipes import compose
 
 SHAPE_SIZES = {
     "llama-tiny": 3.3e6,
+    "llama-tiny-wide": 6.78e6,
     "llama-125m": 134.5e6,
     "llama-500m": 502.6e6,
     "llama-1b": 1.07e9,

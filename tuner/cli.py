@@ -191,6 +191,12 @@ def cmd_smoke(args: argparse.Namespace) -> None:
     smoke(args.task, args.hardware, args.overrides, out)
 
 
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from tuner.experiments.runner import run_experiment
+
+    run_experiment(args.name, args.hardware, args.overrides, err)
+
+
 def cmd_prefs(args: argparse.Namespace) -> None:
     from tuner.preferences import build_preferences
 
@@ -374,6 +380,19 @@ COMMANDS = (
         (*TASK_HW, STAGE_OPTIONS),
         description="Results in runs/TASK-HW/eval/.",
         options="tuner.evaluate.run:OPTIONS",
+    ),
+    Command(
+        "experiment",
+        "a grid of runs (experiments/NAME.yaml), planned, trained, evaluated and compared",
+        cmd_experiment,
+        (("name", {}), ("hardware", {}), OVERRIDES),
+        description="Plans every cell of the grid on HW and refuses it over its budget, then "
+        "trains and evaluates each run not finished (a cell at a seed, in "
+        "runs/experiments/NAME/CELL/seed-S/) and writes report.md, results.json and one "
+        "plot per metric: the mean over seeds with its interval, and each comparison's "
+        "difference, interval and corrected p-value. Overrides apply to every run.",
+        options="tuner.experiments.runner:EXPERIMENT_OPTIONS",
+        own=True,
     ),
     Command(
         "report",

@@ -169,6 +169,10 @@ def read_results(folders: list[Path]) -> dict[str, Any]:
                     "higher_is_better": better.get(metric, True),
                     "per_sample": per_sample(samples, metric, filter_name),
                 }
+                if metric in CORPUS_METRICS:
+                    metrics[name]["per_sample_pairs"] = per_sample_pairs(
+                        samples, metric, filter_name
+                    )
             count = raw.get("n-samples", {}).get(task, {}).get("effective")
             output_type = raw.get("configs", {}).get(task, {}).get("output_type")
             tasks[task] = {"samples": count, "output_type": output_type, "metrics": metrics}
@@ -180,6 +184,24 @@ def read_samples(folder: Path, task: str) -> list[dict[str, Any]]:
     if not files:
         return []
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+
+
+# lm-eval's loglikelihood_rolling metrics: each document logs (log-likelihood, words or
+# bytes) and the metric is computed over the sums, not as a mean of per-document values.
+CORPUS_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def per_sample_pairs(
+    samples: list[dict[str, Any]], metric: str, filter_name: str
+) -> dict[str, list[float]]:
+    """[log-likelihood, words or bytes] of each document by doc_id, for a corpus
+    metric: what an experiment resamples to put a confidence interval on it."""
+    pairs = {}
+    for sample in samples:
+        value = sample.get(metric)
+        if sample.get("filter", "none") == filter_name and isinstance(value, list | tuple):
+            pairs[str(sample["doc_id"])] = [float(value[0]), float(value[1])]
+    return pairs
 
 
 def per_sample(samples: list[dict[str, Any]], metric: str, filter_name: str) -> dict[str, float]:

@@ -1,0 +1,88 @@
+"""Experiments as data: every shipped grid composes, validates and plans on its hardware;
+a grid over budget is refused with what to trim; the statistics on data whose answer
+is known. The end-to-end run at cpu scale is in test_pretrain.py, beside the training
+it shares."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tuner.cli import main
+from tuner.errors import TunerError
+from tuner.experiments import spec
+from tuner.experiments.spec import available, expand, load_experiment
+from tuner.experiments.statistics import aggregate, paired_bootstrap
+from tuner.recipes import compose
+from tuner.validation import validate
+
+SHIPPED = available()
+
+
+def test_experiments_are_shipped():
+    assert "pure-synthetic" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_full_scale_grid_composes_validates_and_plans_on_its_hardware(name, capsys, runs):
+    experiment, source = load_experiment(name)
+    for hardware in experiment.hardware:
+        grid = experiment.grid_for(hardware, source)
+        cells = {run.cell: run for run in expand(name, grid, [])}
+        for cell, run in cells.items():
+            report = validate(compose(experiment.task, hardware, run.overrides))
+            assert report.ok, (name, hardware, cell, report.summary())
+        main(["experiment", name, hardware, "plan=true"])
+        printed = capsys.readouterr().err
+        assert f"{name} on {hardware}: {len(cells)} cells × {len(grid.seeds)} seeds" in printed
+        assert all(cell in printed for cell in cells) and "machine-hours" in printed
+
+
+def test_a_grid_over_its_budget_is_refused_with_each_variables_share(capsys, runs):
+    # Three epochs triple the nine runs' 11.5 hours, past the 15-hour, $50 budget.
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", "pure-synthetic", "4090x8", "num_epochs=3"])
+    assert stopped.value.code == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "over budget on 4090x8" in printed and "against a budget of $50.00" in printed
+    assert "variable size (hours per value): 125m" in printed and "seeds: 3" in printed
+    assert "Trim a variable's values or the seeds" in printed
+    assert not (runs / "experiments").exists()
+
+
+def test_an_experiment_for_another_machine_or_with_a_wrong_comparison_is_refused(
+    tmp_path, monkeypatch
+):
+    with pytest.raises(TunerError, match="sized for 4090x8, cpu, not a100"):
+        experiment, source = load_experiment("pure-synthetic")
+        experiment.grid_for("a100", source)
+    (tmp_path / "broken.yaml").write_text(
+        "description: d\ntask: pretrain\nhardware: [cpu]\ngrid:\n"
+        "  variables: {size: {tiny: {}}}\n  seeds: [1]\n  metrics: [m/x]\n"
+        "  comparisons: [{variable: size, a: tiny, b: huge, metric: m/x}]\n"
+    )
+    monkeypatch.setattr(spec, "EXPERIMENTS_DIR", tmp_path)
+    with pytest.raises(TunerError, match=r"broken.yaml: grid: .*size=huge; its values are tiny"):
+        load_experiment("broken")
+
+
+def test_a_shift_is_found_significant_and_no_shift_is_not():
+    rng = np.random.default_rng(1)
+    units = []
+    for _ in range(3):
+        a = rng.normal(0.5, 0.2, size=200)
+        units.append((a, a + 0.1 + rng.normal(0, 0.05, size=200)))
+    observed, resampled = paired_bootstrap("accuracy", units, pairs=False, resamples=500)
+    assert observed == pytest.approx(0.1, abs=0.02)
+    assert np.count_nonzero(np.abs(resampled - observed) >= abs(observed)) == 0
+    same = [(a, a.copy()) for a, _ in units]
+    observed, resampled = paired_bootstrap("accuracy", same, pairs=False, resamples=500)
+    assert observed == 0 and np.all(resampled == 0)
+
+
+def test_a_corpus_perplexity_is_computed_from_the_summed_log_likelihoods():
+    pairs = np.array([[-20.0, 10.0], [-5.0, 5.0]])
+    assert aggregate("word_perplexity", pairs, pairs=True) == pytest.approx(math.exp(25 / 15))
+    assert aggregate("bits_per_byte", pairs, pairs=True) == pytest.approx(25 / 15 / math.log(2))

@@ -1,0 +1,206 @@
+"""`just experiment NAME HW`: plan the grid on the hardware and refuse it over budget,
+then train and evaluate every run not finished, then the report.
+
+Each run (a cell at a seed) has its own runs folder, `runs/experiments/NAME/CELL/seed-S/`,
+which holds the ordinary run folder `TASK-HW/` (config, checkpoints, manifest, eval/):
+`just train` and `just eval` run there unchanged (TUNER_RUNS points at it). A run
+whose training completed and whose evaluation is written is skipped; one stopped
+mid-training resumes from its last checkpoint, as `just train` does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tuner.environments import run_in_infer
+from tuner.errors import TunerError
+from tuner.experiments.report import write_report
+from tuner.experiments.spec import Grid, Run, expand, experiment_dir, load_experiment
+from tuner.manifest import read_manifest
+from tuner.options import Option, choice, parse_options, split_options
+from tuner.plan import Plan, make_plan
+
+EXPERIMENT_OPTIONS = {
+    "plan": Option(
+        choice("true", "false"),
+        "false",
+        "true: print the grid's plan and the budget check, run nothing",
+    ),
+}
+
+
+@contextlib.contextmanager
+def runs_folder(folder: Path) -> Iterator[None]:
+    """TUNER_RUNS at `folder` for what runs inside, this process's and its children's."""
+    before = os.environ.get("TUNER_RUNS")
+    os.environ["TUNER_RUNS"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TUNER_RUNS"]
+        else:
+            os.environ["TUNER_RUNS"] = before
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The planner's estimate of one run per cell; every seed of a cell costs the same."""
+
+    runs: list[Run]
+    plans: dict[str, Plan]
+    seeds: int
+
+    def total(self, field: str) -> float | None:
+        values = [getattr(self.plans[run.cell], field) for run in self.runs]
+        return None if any(v is None for v in values) else sum(values)
+
+    def share(self, variable: str, value: str, field: str) -> float:
+        return sum(
+            getattr(self.plans[run.cell], field) or 0.0
+            for run in self.runs
+            if run.values[variable] == value
+        )
+
+
+def plan_grid(task: str, hardware: str, runs: list[Run], seeds: int) -> GridPlan:
+    plans = {}
+    for run in runs:
+        if run.cell not in plans:
+            with runs_folder(run.folder):
+                plans[run.cell] = make_plan(task, hardware, run.overrides)
+    return GridPlan(runs, plans, seeds)
+
+
+def plan_table(grid_plan: GridPlan, title: str) -> Table:
+    table = Table(title=title)
+    for header in ("cell", "model", "tokens", "steps", "hours", "cost", "fits"):
+        table.add_column(header, justify="left" if header in ("cell", "model") else "right")
+    for cell, plan in grid_plan.plans.items():
+        table.add_row(
+            cell,
+            Path(plan.model).name,
+            f"{plan.tokens / 1e6:.1f}M" if plan.tokens >= 1e5 else f"{plan.tokens / 1e3:.1f}K",
+            str(plan.steps),
+            "—" if plan.hours is None else f"{plan.hours:.2f}",
+            "—" if plan.cost is None else f"${plan.cost:.2f}",
+            "yes" if plan.fits else "NO",
+        )
+    return table
+
+
+def budget_problems(grid_plan: GridPlan, grid: Grid) -> list[str]:
+    """Why the grid is over its budget, each variable's values with their share of the
+    time, so that the user sees what to trim; empty when within it."""
+    over = []
+    for field, limit, text in (
+        ("hours", grid.budget.hours, "{:.2f} machine-hours"),
+        ("cost", grid.budget.usd, "${:.2f}"),
+    ):
+        total = grid_plan.total(field)
+        if limit is not None and total is not None and total > limit:
+            over.append((field, text.format(total), text.format(limit)))
+    if not over:
+        return []
+    field = over[0][0]
+    lines = [f"the grid needs {total} against a budget of {limit}" for _, total, limit in over]
+    for variable, values in grid.variables.items():
+        if len(values) > 1:
+            parts = ", ".join(
+                f"{value} {grid_plan.share(variable, value, field):.2f}" for value in values
+            )
+            lines.append(f"variable {variable} ({field} per value): {parts}")
+    if grid_plan.seeds > 1:
+        lines.append(f"seeds: {grid_plan.seeds} (each one repeats every cell)")
+    unplanned = [cell for cell, plan in grid_plan.plans.items() if not plan.fits]
+    if unplanned:
+        lines.append(f"cells that do not fit the card: {', '.join(unplanned)}")
+    return lines
+
+
+def finished(run: Run, task: str, hardware: str) -> bool:
+    folder = run.folder / f"{task}-{hardware}"
+    manifest = read_manifest(folder / "manifest.json") or {}
+    return (
+        manifest.get("status") == "completed"
+        and (folder / "eval" / "tuned" / "results.json").is_file()
+    )
+
+
+def eval_options(grid: Grid) -> list[str]:
+    options = {**grid.eval, "only": "tuned"}
+    return [f"{key}={value}" for key, value in options.items()]
+
+
+def run_one(run: Run, task: str, hardware: str, grid: Grid, console: Console) -> dict[str, float]:
+    """Train (or resume) and evaluate one run; the seconds each took."""
+    from tuner.train import train
+
+    folder = run.folder / f"{task}-{hardware}"
+    seconds = {}
+    with runs_folder(run.folder):
+        manifest = read_manifest(folder / "manifest.json") or {}
+        start = time.monotonic()
+        if manifest.get("status") != "completed":
+            train(task, hardware, run.overrides)
+        seconds["train_s"] = time.monotonic() - start
+        start = time.monotonic()
+        run_in_infer("eval", task, hardware, *eval_options(grid))
+        seconds["eval_s"] = time.monotonic() - start
+    return seconds
+
+
+def run_experiment(name: str, hardware: str, arguments: list[str], console: Console) -> Path:
+    own, overrides = split_options(arguments, EXPERIMENT_OPTIONS)
+    options = parse_options(own, EXPERIMENT_OPTIONS, "experiment")
+    experiment, source = load_experiment(name)
+    grid = experiment.grid_for(hardware, source)
+    runs = expand(name, grid, overrides)
+    grid_plan = plan_grid(experiment.task, hardware, runs, len(grid.seeds))
+    cells = len(grid_plan.plans)
+    console.print(
+        plan_table(grid_plan, f"{name} on {hardware}: {cells} cells × {len(grid.seeds)} seeds")
+    )
+    hours, cost = grid_plan.total("hours"), grid_plan.total("cost")
+    if hours is None:
+        console.print(f"{len(runs)} runs; {hardware} has no throughput to time them with.")
+    else:
+        console.print(f"{len(runs)} runs: {hours:.2f} machine-hours, ${cost or 0:.2f} in all.")
+    problems = budget_problems(grid_plan, grid)
+    if problems:
+        raise TunerError(
+            f"{source}: over budget on {hardware}: "
+            + "; ".join(problems)
+            + ". Trim a variable's values or the seeds, or raise grid.budget."
+        )
+    if options["plan"] == "true":
+        return experiment_dir(name)
+
+    timings_path = experiment_dir(name) / "timings.json"
+    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    start = time.monotonic()
+    for number, run in enumerate(runs, 1):
+        label = f"[{number}/{len(runs)}] {run.cell} seed {run.seed}"
+        if finished(run, experiment.task, hardware):
+            console.print(f"{label}: done before, skipped.")
+            continue
+        console.print(f"{label}: training and evaluating in {run.folder}")
+        timings[f"{run.cell}/seed-{run.seed}"] = run_one(
+            run, experiment.task, hardware, grid, console
+        )
+        done = sum(sum(t.values()) for t in timings.values())
+        console.print(f"{label}: done ({done / len(timings):.0f} s per run so far)")
+        timings_path.parent.mkdir(parents=True, exist_ok=True)
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    report = write_report(name, hardware, experiment, grid, runs, console)
+    console.print(f"{name}: {time.monotonic() - start:.0f} s; report in {report}")
+    return report

@@ -1,0 +1,167 @@
+"""An experiment as data (`experiments/NAME.yaml`): one task recipe, a grid of variables
+whose values are overrides of it, seeds, the metrics to report, the comparisons to test
+and a budget. The full-scale grid is written for its hardware; a `scales:` entry per
+other machine (cpu) replaces any of the grid's fields, so that the same experiment runs
+there small.
+
+A run is a cell (one value of every variable) at one seed. Its overrides are, in order:
+the grid's, each variable's value's, `seed=S`, then the command line's."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuner.errors import TunerError
+from tuner.project import ROOT, runs_dir
+from tuner.recipes import load_yaml
+
+EXPERIMENTS_DIR = ROOT / "experiments"
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Machine-hours on the hardware (all its GPUs together) and dollars at its price.
+    hours: float | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0)
+
+
+class Comparison(BaseModel):
+    """Value `b` of `variable` against value `a`, on one metric (`TASK/METRIC`), paired
+    over the seeds and the other variables' values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variable: str
+    a: str
+    b: str
+    metric: str
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # variable → value name → the overrides that value stands for.
+    variables: dict[str, dict[str, dict[str, Any]]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    # TASK/METRIC as lm-eval names them, e.g. tuner_perplexity_chat/word_perplexity.
+    metrics: list[str] = Field(min_length=1)
+    overrides: dict[str, Any] = {}
+    # `just eval` options every cell is evaluated with (limit, backend, variant).
+    eval: dict[str, Any] = {}
+    comparisons: list[Comparison] = []
+    budget: Budget = Budget()
+
+    @model_validator(mode="after")
+    def comparisons_name_values(self) -> Grid:
+        for comparison in self.comparisons:
+            values = self.variables.get(comparison.variable)
+            if values is None:
+                raise ValueError(f"comparison over '{comparison.variable}', not a variable")
+            for side in (comparison.a, comparison.b):
+                if side not in values:
+                    raise ValueError(
+                        f"comparison names {comparison.variable}={side}; its values are "
+                        f"{', '.join(values)}"
+                    )
+        return self
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str
+    task: str
+    # The hardware the full-scale grid is sized for.
+    hardware: list[str] = Field(min_length=1)
+    grid: Grid
+    # hardware → the fields of the grid it replaces.
+    scales: dict[str, dict[str, Any]] = {}
+
+    def grid_for(self, hardware: str, source: Path) -> Grid:
+        if hardware in self.scales:
+            try:
+                return Grid.model_validate({**self.grid.model_dump(), **self.scales[hardware]})
+            except ValidationError as err:
+                raise TunerError(f"{source}: scales.{hardware}: {problems(err)}") from None
+        if hardware not in self.hardware:
+            machines = ", ".join([*self.hardware, *self.scales])
+            raise TunerError(
+                f"{source} is sized for {machines}, not {hardware}: add a "
+                f"`scales: {{{hardware}: …}}` entry for it, or run it on one of those."
+            )
+        return self.grid
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell at one seed, with the runs folder it trains and evaluates in."""
+
+    cell: str
+    values: dict[str, str]
+    seed: int
+    overrides: list[str]
+    folder: Path
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.cell, self.seed)
+
+
+def problems(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'experiment'}: {e['msg']}" for e in err.errors()
+    )
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def load_experiment(name: str) -> tuple[Experiment, Path]:
+    path = EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise TunerError(
+            f"No experiment '{name}' in experiments/. Known: {', '.join(available())}."
+        )
+    try:
+        return Experiment.model_validate(load_yaml(path)), path
+    except ValidationError as err:
+        raise TunerError(f"{path}: {problems(err)}") from None
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """Overrides as the command line takes them; JSON is YAML, so every value reads back
+    as it was written."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def experiment_dir(name: str) -> Path:
+    return runs_dir() / "experiments" / name
+
+
+def cell_name(values: dict[str, str]) -> str:
+    return "_".join(f"{variable}-{value}" for variable, value in values.items())
+
+
+def expand(name: str, grid: Grid, extra: list[str]) -> list[Run]:
+    """Every cell at every seed, in the grid's order (seeds innermost)."""
+    names = list(grid.variables)
+    runs = []
+    for combination in itertools.product(*(grid.variables[n] for n in names)):
+        values = dict(zip(names, combination, strict=True))
+        cell = cell_name(values)
+        overrides = dict(grid.overrides)
+        for variable, value in values.items():
+            overrides |= grid.variables[variable][value]
+        for seed in grid.seeds:
+            folder = experiment_dir(name) / cell / f"seed-{seed}"
+            with_seed = as_overrides(overrides | {"seed": seed}) + extra
+            runs.append(Run(cell, values, seed, with_seed, folder))
+    return runs
