@@ -5,14 +5,22 @@ evaluated (there is no base model with weights to compare with)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
 from safetensors.torch import load_file
+from scipy.stats import t as t_distribution
 
-from tests.conftest import run_tuner
 from tests.infer_env import run_infer
 from tests.run_checks import trainer_log
 from tuner.memory import architecture_for
@@ -64,12 +72,134 @@ def test_the_planner_sizes_full_training_of_each_shape_on_the_4090s(shape):
     assert plan.steps > 0 and plan.hours and plan.hours > 0
 
 
+def experiment_run(runs: Path) -> subprocess.Popen:
+    env = {**os.environ, "TUNER_RUNS": str(runs)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", "experiment", "pure-synthetic", "cpu"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The pure-synthetic experiment at cpu scale (two tiny shapes × two seeds),
+    interrupted with Ctrl-C once its first run is evaluated, then run again to the end."""
     runs = tmp_path_factory.mktemp("pretrain") / "runs"
-    done = run_tuner("train", "pretrain", "cpu", runs=runs)
-    assert done.returncode == 0, done.stderr[-5000:]
-    return runs
+    folder = runs / "experiments" / "pure-synthetic"
+    first = folder / "size-tiny" / "seed-1" / "pretrain-cpu" / "eval" / "tuned" / "results.json"
+    process = experiment_run(runs)
+    try:
+        deadline = time.monotonic() + 900
+        while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert first.is_file(), process.communicate(timeout=60)[0][-5000:]
+        os.killpg(process.pid, signal.SIGINT)
+        interrupted = process.communicate(timeout=120)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, interrupted[-3000:]
+    first_written = first.stat().st_mtime_ns
+    process = experiment_run(runs)
+    try:
+        resumed = process.communicate(timeout=1500)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, resumed[-5000:]
+    return {
+        "folder": folder,
+        "resumed": resumed,
+        "first_untouched": first.stat().st_mtime_ns == first_written,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(experiment: dict) -> Path:
+    """The runs folder of the experiment's first run: the pretrain recipe on cpu as
+    `just train pretrain cpu` trains it (the tiny shape), at seed 1."""
+    return experiment["folder"] / "size-tiny" / "seed-1"
+
+
+def lm_eval_samples(run: Path, task: str) -> dict[str, list[float]]:
+    """[log-likelihood, words] per document, read from lm-eval's own samples file."""
+    [path] = (run / "eval" / "tuned").glob(f"call-0/*/samples_{task}_*.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {str(row["doc_id"]): row["word_perplexity"] for row in rows}
+
+
+@pytest.mark.slow
+def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(experiment):
+    assert "[1/4] size-tiny seed 1: done before, skipped." in experiment["resumed"]
+    assert "[4/4] size-tiny-wide seed 2: training and evaluating" in experiment["resumed"]
+    assert experiment["first_untouched"]
+    folder = experiment["folder"]
+    assert {p.name for p in folder.iterdir()} >= {
+        "report.md",
+        "results.json",
+        "tuner_perplexity_chat__word_perplexity.png",
+        "tuner_perplexity_instruction__word_perplexity.png",
+    }
+    report = (folder / "report.md").read_text()
+    assert "Benjamini-Hochberg" in report and "size: tiny-wide vs tiny" in report
+
+
+@pytest.mark.slow
+def test_the_reported_interval_and_p_value_are_recomputed_from_the_runs(experiment):
+    folder = experiment["folder"]
+    results = json.loads((folder / "results.json").read_text())
+    metric = "tuner_perplexity_chat/word_perplexity"
+    # A cell's seeds: lm-eval's own corpus perplexity of each run, and a t interval.
+    [cell] = [c for c in results["cells"] if c["cell"] == "size-tiny" and c["metric"] == metric]
+    per_seed = []
+    for seed in cell["seeds"]:
+        run = folder / "size-tiny" / f"seed-{seed}" / "pretrain-cpu"
+        [path] = (run / "eval" / "tuned").glob("call-0/*/results_*.json")
+        per_seed.append(json.loads(path.read_text())["results"]["tuner_perplexity_chat"])
+    per_seed = [r["word_perplexity,none"] for r in per_seed]
+    assert cell["per_seed"] == pytest.approx(per_seed)
+    mean = sum(per_seed) / 2
+    half = t_distribution.ppf(0.975, 1) * abs(per_seed[0] - per_seed[1]) / 2
+    assert cell["mean"] == pytest.approx(mean)
+    assert [cell["low"], cell["high"]] == pytest.approx([mean - half, mean + half])
+
+    # The comparison: its own bootstrap over seeds, then documents, from the samples.
+    [tested] = [c for c in results["comparisons"] if c["metric"] == metric]
+    units = []
+    for seed in (1, 2):
+        a, b = (
+            lm_eval_samples(
+                folder / name / f"seed-{seed}" / "pretrain-cpu", "tuner_perplexity_chat"
+            )
+            for name in ("size-tiny", "size-tiny-wide")
+        )
+        docs = sorted(a)
+        units.append(([a[d] for d in docs], [b[d] for d in docs]))
+
+    def perplexity(pairs: list[list[float]]) -> float:
+        return math.exp(-sum(p[0] for p in pairs) / sum(p[1] for p in pairs))
+
+    observed = sum(perplexity(b) - perplexity(a) for a, b in units) / len(units)
+    assert tested["difference"] == pytest.approx(observed)
+    rng = random.Random(7)
+    strays = []
+    for _ in range(2000):
+        total = 0.0
+        for _ in units:
+            a, b = units[rng.randrange(len(units))]
+            picks = [rng.randrange(len(a)) for _ in a]
+            total += perplexity([b[i] for i in picks]) - perplexity([a[i] for i in picks])
+        strays.append(abs(total / len(units) - observed))
+    p_value = (1 + sum(stray >= abs(observed) for stray in strays)) / (1 + len(strays))
+    assert tested["p_value"] == pytest.approx(p_value, abs=0.03)
+    half_width = sorted(strays)[int(0.95 * len(strays))]
+    assert tested["high"] - tested["difference"] == pytest.approx(half_width, rel=0.15)
+    assert tested["verdict"].startswith("significant" if tested["p_adjusted"] < 0.05 else "not")
 
 
 @pytest.mark.slow
