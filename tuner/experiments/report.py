@@ -23,6 +23,8 @@ from tuner.experiments.statistics import (
     corrected,
     summarize_cell,
 )
+from tuner.manifest import read_manifest
+from tuner.plan import Plan
 
 # (cell, seed) → TASK/METRIC → the metric as the run's evaluation wrote it.
 Measured = dict[tuple[str, int], dict[str, dict[str, Any]]]
@@ -176,13 +178,52 @@ def plot(metric: str, cells: list[CellSummary], path: Path) -> None:
     plt.close(figure)
 
 
+def training_seconds(run: Run, task: str, hardware: str) -> float | None:
+    manifest = read_manifest(run.folder / f"{task}-{hardware}" / "manifest.json") or {}
+    return manifest.get("wall_time_s")
+
+
+def costs(runs: list[Run], plans: dict[str, Plan], task: str, hardware: str) -> list[dict]:
+    """Per cell: the planner's peak memory at its band's upper edge, and the training
+    time each seed's run measured (its manifest's wall time)."""
+    return [
+        {
+            "cell": cell,
+            "planned_peak_gib": round(plan.upper_gib, 2),
+            "planned_hours": plan.hours,
+            "training_s": [training_seconds(r, task, hardware) for r in runs if r.cell == cell],
+        }
+        for cell, plan in plans.items()
+    ]
+
+
+def costs_markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Memory and time",
+        "",
+        "| cell | planned peak (GiB) | training time per seed (s) |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        times = ", ".join("—" if t is None else f"{t:.0f}" for t in row["training_s"])
+        lines.append(f"| {row['cell']} | {row['planned_peak_gib']:.1f} | {times} |")
+    return [*lines, ""]
+
+
 def write_report(
-    name: str, hardware: str, experiment: Experiment, grid: Grid, runs: list[Run], console: Console
+    name: str,
+    hardware: str,
+    experiment: Experiment,
+    grid: Grid,
+    runs: list[Run],
+    plans: dict[str, Plan],
+    console: Console,
 ) -> Path:
     measured = {run.key: run_metrics(run, experiment.task, hardware) for run in runs}
     cells = summaries(grid.metrics, runs, measured)
     tested = comparisons(grid, runs, measured)
     out = experiment_dir(name)
+    spent = costs(runs, plans, experiment.task, hardware)
     results = {
         "experiment": name,
         "hardware": hardware,
@@ -200,13 +241,15 @@ def write_report(
             for run in runs
         ],
         "cells": [cell.to_json() for cell in cells],
+        "costs": spent,
         "comparisons": [result.to_json() for result in tested],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for metric in grid.metrics:
         plot(metric, cells, out / plot_name(metric))
     path = out / "report.md"
-    path.write_text(markdown(name, hardware, experiment, grid, cells, tested))
+    text = markdown(name, hardware, experiment, grid, cells, tested)
+    path.write_text(text + "\n" + "\n".join(costs_markdown(spent)))
     for result in tested:
         console.print(
             f"{result.variable}: {result.b} vs {result.a} on {result.metric}: "

@@ -83,12 +83,15 @@ def plan_grid(task: str, hardware: str, runs: list[Run], seeds: int) -> GridPlan
 
 def plan_table(grid_plan: GridPlan, title: str) -> Table:
     table = Table(title=title)
-    for header in ("cell", "model", "tokens", "steps", "hours", "cost", "fits"):
-        table.add_column(header, justify="left" if header in ("cell", "model") else "right")
+    for header in ("cell", "model", "peak", "tokens", "steps", "hours", "cost", "fits"):
+        table.add_column(
+            header, justify="left" if header in ("cell", "model") else "right", no_wrap=True
+        )
     for cell, plan in grid_plan.plans.items():
         table.add_row(
             cell,
             Path(plan.model).name,
+            f"{plan.upper_gib:.1f}G",
             f"{plan.tokens / 1e6:.1f}M" if plan.tokens >= 1e5 else f"{plan.tokens / 1e3:.1f}K",
             str(plan.steps),
             "—" if plan.hours is None else f"{plan.hours:.2f}",
@@ -201,6 +204,6 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
         console.print(f"{label}: done ({done / len(timings):.0f} s per run so far)")
         timings_path.parent.mkdir(parents=True, exist_ok=True)
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-    report = write_report(name, hardware, experiment, grid, runs, console)
+    report = write_report(name, hardware, experiment, grid, runs, grid_plan.plans, console)
     console.print(f"{name}: {time.monotonic() - start:.0f} s; report in {report}")
     return report

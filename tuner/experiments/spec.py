@@ -80,6 +80,9 @@ class Experiment(BaseModel):
     task: str
     # The hardware the full-scale grid is sized for.
     hardware: list[str] = Field(min_length=1)
+    # Definitions the grid repeats, as YAML anchors (`&name`, then `<<: *name`); read
+    # only through them.
+    sources: dict[str, Any] = {}
     grid: Grid
     # hardware → the fields of the grid it replaces.
     scales: dict[str, dict[str, Any]] = {}
