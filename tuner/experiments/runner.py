@@ -83,14 +83,11 @@ def plan_grid(task: str, hardware: str, runs: list[Run], seeds: int) -> GridPlan
 
 def plan_table(grid_plan: GridPlan, title: str) -> Table:
     table = Table(title=title)
-    for header in ("cell", "model", "peak", "tokens", "steps", "hours", "cost", "fits"):
-        table.add_column(
-            header, justify="left" if header in ("cell", "model") else "right", no_wrap=True
-        )
+    for header in ("cell", "peak", "tokens", "steps", "hours", "cost", "fits"):
+        table.add_column(header, justify="left" if header == "cell" else "right", no_wrap=True)
     for cell, plan in grid_plan.plans.items():
         table.add_row(
             cell,
-            Path(plan.model).name,
             f"{plan.upper_gib:.1f}G",
             f"{plan.tokens / 1e6:.1f}M" if plan.tokens >= 1e5 else f"{plan.tokens / 1e3:.1f}K",
             str(plan.steps),
