@@ -79,7 +79,7 @@ experiment name hw *overrides: setup
 report *args: setup
     {{python}} -m tuner report "$@"
 
-# Measure the targets (generate, filter, plan; all by default) into bench/results/
+# Measure the targets (generate, filter, plan, experiment; all by default) into bench/results/
 bench *names: setup
     {{infer}} -m tuner bench "$@"
 

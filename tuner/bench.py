@@ -7,6 +7,10 @@
   each engine given the same prompts and sampling settings; decoding alone (greedy,
   128 tokens, every answer near the limit) is reported apart.
 - plan: the memory planner's estimates against published peak-memory figures.
+- experiment: `just experiment pure-synthetic cpu` (two tiny shapes × two seeds) from an
+  empty runs folder; the runner's overhead (planning, skipping, the statistics, the
+  report, its own start) is its wall time less the sum of its runs' training and
+  evaluation.
 - filter: a seeded million-record corpus with planted near-duplicates through the
   default preset (rules + near-dedup) on two workers; wall time, and the recall and
   precision of near-duplicate detection against exact Jaccard on a sample.
@@ -348,7 +352,48 @@ def bench_plan(console: Console) -> Path:
     )
 
 
-BENCHMARKS = {"generate": bench_generate, "filter": bench_filter, "plan": bench_plan}
+def bench_experiment(console: Console, name: str = "pure-synthetic") -> Path:
+    """The experiment runner's overhead over its runs, at cpu scale."""
+    import subprocess
+    import tempfile
+
+    from tuner.environments import TRAIN_PYTHON, subprocess_env
+
+    with tempfile.TemporaryDirectory() as runs:
+        env = {**subprocess_env(), "TUNER_RUNS": runs}
+        console.print(f"just experiment {name} cpu in {runs} (minutes; its progress follows)")
+        start = time.monotonic()
+        done = subprocess.run(
+            [str(TRAIN_PYTHON), "-m", "tuner", "experiment", name, "cpu"], cwd=ROOT, env=env
+        )
+        wall = time.monotonic() - start
+        if done.returncode != 0:
+            raise TunerError(f"just experiment {name} cpu failed (exit code {done.returncode}).")
+        timings = json.loads(Path(runs, "experiments", name, "timings.json").read_text())
+    cells = sum(sum(run.values()) for run in timings.values())
+    overhead = (wall - cells) / cells
+    return write_result(
+        "experiment",
+        {
+            "target": "the runner's overhead at most 10 % of its runs' training and evaluation",
+            "experiment": name,
+            "runs": len(timings),
+            "wall_s": round(wall, 1),
+            "runs_s": round(cells, 1),
+            "overhead": round(overhead, 4),
+            "within_target": overhead <= 0.10,
+            "per_run": timings,
+        },
+        console,
+    )
+
+
+BENCHMARKS = {
+    "generate": bench_generate,
+    "filter": bench_filter,
+    "plan": bench_plan,
+    "experiment": bench_experiment,
+}
 
 
 def run(names: list[str], console: Console) -> None:

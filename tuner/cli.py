@@ -404,7 +404,7 @@ COMMANDS = (
         "bench",
         "speed benchmarks, written to bench/results/NAME.json",
         cmd_bench,
-        (("names", {"nargs": "*", "help": "generate, filter, plan (all by default)"}),),
+        (("names", {"nargs": "*", "help": "generate, filter, plan, experiment (all by default)"}),),
     ),
     Command("model", "convert the embedded default model (once) and print its folder", cmd_model),
 )

@@ -13,6 +13,7 @@ from tuner.project import ROOT
 
 VENVS = Path(os.environ.get("TUNER_VENVS", ROOT / ".venvs"))
 INFER_PYTHON = VENVS / "infer" / "bin" / "python"
+TRAIN_PYTHON = VENVS / "train" / "bin" / "python"
 
 
 def subprocess_env() -> dict[str, str]:
