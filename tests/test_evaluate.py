@@ -5,6 +5,7 @@ test_judged_and_code_suites.py)."""
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from pathlib import Path
 
@@ -198,6 +199,24 @@ def test_deltas_are_paired_over_the_same_documents():
     assert "| t | acc ↑ | 0.5 ± 0.1 | 1 ± 0.1 | 0.5 ± 0.29 | +100.0% ± 57.7% |" in markdown_table(
         [row]
     )
+
+
+def test_each_delta_is_tested_and_the_table_says_it_is_one_training_run():
+    rng = random.Random(0)
+    base = {str(i): float(rng.random() < 0.3) for i in range(200)}
+    tuned = {doc: 1.0 if value or rng.random() < 0.4 else 0.0 for doc, value in base.items()}
+    first, second = results(base), results(tuned)
+    # A second task on which the tuned model answers exactly as the base did.
+    first["tasks"]["u"] = second["tasks"]["u"] = results(base)["tasks"]["t"]
+    better, same = compare(first, second)
+    # 200 documents, +0.28 paired: a z of about 9; the bootstrap's floor is 1/2001.
+    assert better.delta == pytest.approx(0.28, abs=0.05)
+    assert better.p_value < 0.001 and better.significant
+    assert same.p_value == 1.0 and not same.significant
+    # Benjamini-Hochberg over the two rows: the smaller p-value times 2 over its rank, 1.
+    assert better.p_adjusted == pytest.approx(better.p_value * 2)
+    table = markdown_table([better, same])
+    assert table.count(" *") == 1 and "One training run (a single seed)" in table
 
 
 def test_without_shared_documents_the_standard_errors_combine():

@@ -14,8 +14,8 @@ from tuner.cli import main
 from tuner.errors import TunerError
 from tuner.experiments import spec
 from tuner.experiments.spec import available, expand, load_experiment
-from tuner.experiments.statistics import aggregate, paired_bootstrap
 from tuner.recipes import compose
+from tuner.significance import aggregate, paired_bootstrap
 from tuner.validation import validate
 
 SHIPPED = available()

@@ -6,16 +6,23 @@ standard error of the per-document differences: base and tuned answer the same
 questions, so their errors are correlated and the paired one is the right, usually
 smaller, figure); otherwise the two standard errors combine as if independent. The
 relative delta's standard error treats the base value as the fixed reference.
+
+Each delta with per-document scores for both models gets a two-sided p-value from a
+paired bootstrap over those documents (tuner.significance), corrected across the rows
+with Benjamini-Hochberg. One training run stands for the tuned model: the variation
+between training seeds is not in it (`just experiment` runs seeds).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from rich.table import Table
+
+from tuner.significance import ALPHA, Documents, adjusted, bootstrap_test
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,12 @@ class Row:
     higher_is_better: bool
     paired: bool
     documents: int | None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_adjusted is not None and self.p_adjusted < ALPHA
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,8 +71,27 @@ def combined_stderr(first: float | None, second: float | None) -> float | None:
     return math.hypot(first, second)
 
 
+def delta_p_value(metric: str, base: dict[str, Any], tuned: dict[str, Any]) -> float | None:
+    """The paired bootstrap's p-value of tuned - base over the documents both scored."""
+    first, second = Documents.of(metric, base), Documents.of(metric, tuned)
+    docs = sorted(set(first.by_doc) & set(second.by_doc))
+    if len(docs) < 2 or first.pairs != second.pairs:
+        return None
+    units = [(first.array(docs), second.array(docs))]
+    return bootstrap_test(metric, units, first.pairs)[2]
+
+
+def with_significance(rows: list[Row], p_values: list[float | None]) -> list[Row]:
+    tested = [i for i, p in enumerate(p_values) if p is not None]
+    corrected = dict(zip(tested, adjusted([p_values[i] for i in tested]), strict=True))
+    return [
+        replace(row, p_value=p_values[i], p_adjusted=corrected.get(i)) for i, row in enumerate(rows)
+    ]
+
+
 def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
-    """Rows for every metric both results hold, in the base's order."""
+    """Rows for every metric both results hold, in the base's order, each delta tested."""
+    p_values: list[float | None] = []
     rows = []
     for task, base_task in base["tasks"].items():
         tuned_task = tuned["tasks"].get(task)
@@ -80,6 +112,7 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
                 if relative is not None and delta_stderr is not None
                 else None
             )
+            p_values.append(delta_p_value(metric, b, t))
             rows.append(
                 Row(
                     task=task,
@@ -97,7 +130,7 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
                     documents=base_task.get("samples"),
                 )
             )
-    return rows
+    return with_significance(rows, p_values)
 
 
 def with_stderr(value: float | None, stderr: float | None, percent: bool = False) -> str:
@@ -117,22 +150,34 @@ def cells(row: Row) -> list[str]:
         f"{row.metric} {arrow}",
         with_stderr(row.base, row.base_stderr),
         with_stderr(row.tuned, row.tuned_stderr),
-        with_stderr(row.delta, row.delta_stderr),
+        with_stderr(row.delta, row.delta_stderr) + (" *" if row.significant else ""),
         with_stderr(row.relative, row.relative_stderr, percent=True),
     ]
 
 
 HEADERS = ["task", "metric", "base", "tuned", "Δ", "Δ relative"]
+SIGNIFICANCE_NOTE = (
+    "* significant at 0.05: paired bootstrap over the documents, Benjamini-Hochberg "
+    "across the rows. One training run (a single seed): the spread between training "
+    "seeds is not in these figures; `just experiment` runs seeds."
+)
+
+
+def p_cell(row: Row) -> str:
+    if row.p_value is None:
+        return "—"
+    return f"{row.p_value:.3g} ({row.p_adjusted:.3g})"
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    headers = [*HEADERS, "p (adjusted)"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join([*cells(row), p_cell(row)]) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n" + SIGNIFICANCE_NOTE + "\n"
 
 
 def rich_table(rows: list[Row], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, caption=SIGNIFICANCE_NOTE)
     # Fits 80 columns: long task names fold, a value wraps before its "± error".
     table.add_column("task", max_width=14, overflow="fold")
     table.add_column("metric", no_wrap=True)

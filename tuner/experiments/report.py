@@ -12,7 +12,9 @@ from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.experiments.spec import Experiment, Grid, Run, experiment_dir
-from tuner.experiments.statistics import (
+from tuner.manifest import read_manifest
+from tuner.plan import Plan
+from tuner.significance import (
     CORRECTION,
     LEVEL,
     TEST,
@@ -23,8 +25,6 @@ from tuner.experiments.statistics import (
     corrected,
     summarize_cell,
 )
-from tuner.manifest import read_manifest
-from tuner.plan import Plan
 
 # (cell, seed) → TASK/METRIC → the metric as the run's evaluation wrote it.
 Measured = dict[tuple[str, int], dict[str, dict[str, Any]]]
@@ -41,12 +41,6 @@ def run_metrics(run: Run, task: str, hardware: str) -> dict[str, dict[str, Any]]
         for name, benchmark in results["tasks"].items()
         for metric, values in benchmark["metrics"].items()
     }
-
-
-def documents(metric: str, values: dict[str, Any]) -> Documents:
-    if values.get("per_sample_pairs"):
-        return Documents(metric, values["per_sample_pairs"], pairs=True)
-    return Documents(metric, values.get("per_sample") or {}, pairs=False)
 
 
 def metric_of(measured: dict[str, dict[str, Any]], metric: str, run: Run) -> dict[str, Any]:
@@ -83,7 +77,9 @@ def comparisons(grid: Grid, runs: list[Run], measured: Measured) -> list[Compari
             a, b = side_a[key], side_b[key]
             matched.append(
                 tuple(
-                    documents(comparison.metric, metric_of(measured[r.key], comparison.metric, r))
+                    Documents.of(
+                        comparison.metric, metric_of(measured[r.key], comparison.metric, r)
+                    )
                     for r in (a, b)
                 )
             )

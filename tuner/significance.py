@@ -1,4 +1,6 @@
-"""Confidence intervals and significance for an experiment's cells.
+"""Confidence intervals and significance: for an experiment's cells and comparisons,
+and for each delta of `just eval`'s base-vs-tuned comparison (one pair of runs, the
+bootstrap over its documents alone).
 
 - A cell's value is the mean over its seeds of each seed's metric, with a Student t
   interval over the seeds (none for one seed: it says single-seed).
@@ -22,7 +24,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,13 @@ class Documents:
     metric: str
     by_doc: dict[str, Any]
     pairs: bool
+
+    @classmethod
+    def of(cls, metric: str, values: dict[str, Any]) -> Documents:
+        """From a metric as the project's results.json holds it."""
+        if values.get("per_sample_pairs"):
+            return cls(metric, values["per_sample_pairs"], pairs=True)
+        return cls(metric, values.get("per_sample") or {}, pairs=False)
 
     def array(self, docs: list[str]) -> np.ndarray:
         return np.asarray([self.by_doc[d] for d in docs], dtype=float)
@@ -145,6 +154,17 @@ def paired_bootstrap(
     return observed, differences[picks, slots, np.arange(resamples)[:, None]].mean(axis=1)
 
 
+def bootstrap_test(
+    metric: str, units: list[tuple[np.ndarray, np.ndarray]], pairs: bool
+) -> tuple[float, float, float]:
+    """The observed difference, the half-width of its interval and its p-value."""
+    observed, resampled = paired_bootstrap(metric, units, pairs)
+    stray = np.abs(resampled - observed)
+    half_width = float(np.quantile(stray, LEVEL))
+    p_value = (1 + np.count_nonzero(stray >= abs(observed))) / (1 + len(resampled))
+    return observed, half_width, float(p_value)
+
+
 def compare_runs(
     variable: str,
     a: str,
@@ -180,11 +200,15 @@ def compare_runs(
     )
 
 
-def corrected(results: list[ComparisonResult]) -> list[ComparisonResult]:
-    if not results:
+def adjusted(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values, in the same order."""
+    if not p_values:
         return []
-    adjusted = stats.false_discovery_control([r.p_value for r in results], method="bh")
+    return [float(p) for p in stats.false_discovery_control(p_values, method="bh")]
+
+
+def corrected(results: list[ComparisonResult]) -> list[ComparisonResult]:
     return [
-        ComparisonResult(**{**asdict(r), "p_adjusted": float(p)})
-        for r, p in zip(results, adjusted, strict=True)
+        replace(r, p_adjusted=p)
+        for r, p in zip(results, adjusted([r.p_value for r in results]), strict=True)
     ]
