@@ -1,16 +1,14 @@
-"""The command line as a user meets it: output, files written, and errors."""
+"""The command line as a user meets it: output, files written, and errors; in-process
+through `tuner.cli.main` (the `cli` fixture), as `python -m tuner` runs it."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from tests.conftest import run_tuner
 
-
-def test_config_prints_and_writes_the_composed_axolotl_yaml(tmp_path):
-    runs = tmp_path / "runs"
-    done = run_tuner("config", "math", "a100", "lora_r=64", runs=runs)
+def test_config_prints_and_writes_the_composed_axolotl_yaml(cli, runs):
+    done = cli("config", "math", "a100", "lora_r=64")
     assert done.returncode == 0, done.stderr
     written = (runs / "math-a100" / "config.yaml").read_text()
     assert written == done.stdout
@@ -19,47 +17,50 @@ def test_config_prints_and_writes_the_composed_axolotl_yaml(tmp_path):
     assert "math × a100: valid" in done.stderr
 
 
-def test_config_of_an_invalid_combination_says_why_and_fails(tmp_path):
-    done = run_tuner("config", "math", "t4", "bf16=true", runs=tmp_path)
+def test_config_of_an_invalid_combination_says_why_and_fails(cli, runs):
+    done = cli("config", "math", "t4", "bf16=true")
     assert done.returncode == 1
     assert "bf16: Tesla T4 (sm_75) has no native bf16" in done.stderr
 
 
-def test_unknown_task_is_a_one_paragraph_error_listing_valid_names(tmp_path):
-    done = run_tuner("train", "maths", "cpu", runs=tmp_path)
+def test_unknown_task_is_a_one_paragraph_error_listing_valid_names(cli, runs):
+    done = cli("train", "maths", "cpu")
     assert done.returncode == 2
     assert "Unknown task 'maths'. Valid task names: chat, code" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_training_for_a_gpu_target_on_this_cpu_machine_is_refused_cleanly(tmp_path):
-    done = run_tuner("train", "math", "a100", runs=tmp_path)
+def test_training_for_a_gpu_target_on_this_cpu_machine_is_refused_cleanly(cli, runs):
+    done = cli("train", "math", "a100")
     assert done.returncode == 2
     assert "no CUDA GPU" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_dpo_before_its_sft_run_says_which_run_to_make_first(tmp_path):
-    done = run_tuner("train", "dpo", "cpu", runs=tmp_path)
+def test_dpo_before_its_sft_run_says_which_run_to_make_first(cli, runs):
+    done = cli("train", "dpo", "cpu")
     assert done.returncode == 2
     assert "just train instruction cpu" in done.stderr
 
 
-def test_validate_prints_the_table_of_every_pair():
-    done = run_tuner("validate")
+def test_validate_prints_the_table_of_every_pair(cli):
+    done = cli("validate")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "55 of 55 task × hardware pairs valid." in done.stdout
 
 
-def test_list_shows_tasks_with_their_suites():
-    done = run_tuner("list")
+def test_list_shows_tasks_with_their_suites(cli):
+    done = cli("list")
     assert done.returncode == 0
     assert "tool-use" in done.stdout and "4090x8" in done.stdout
 
 
-@pytest.mark.parametrize("command", ["generate", "filter", "prefs", "eval", "plan", "smoke"])
+@pytest.mark.parametrize(
+    "command", ["generate", "filter", "prefs", "eval", "plan", "smoke", "experiment"]
+)
 def test_every_declared_option_is_in_its_commands_help(command):
     from tuner.cli import build_parser
     from tuner.evaluate.run import OPTIONS as eval_options
+    from tuner.experiments.runner import EXPERIMENT_OPTIONS
     from tuner.filter.run import OPTIONS as filter_options
     from tuner.generate.run import OPTIONS as generate_options
     from tuner.plan import PLAN_OPTIONS
@@ -73,6 +74,7 @@ def test_every_declared_option_is_in_its_commands_help(command):
         "eval": eval_options,
         "plan": PLAN_OPTIONS,
         "smoke": SMOKE_OPTIONS,
+        "experiment": EXPERIMENT_OPTIONS,
     }[command]
     parser = build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command")
