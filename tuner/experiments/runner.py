@@ -25,11 +25,18 @@ from tuner.environments import run_in_infer
 from tuner.errors import TunerError
 from tuner.experiments.report import write_report
 from tuner.experiments.spec import Grid, Run, expand, experiment_dir, load_experiment
-from tuner.manifest import read_manifest
+from tuner.manifest import read_manifest, sha256_text
 from tuner.options import Option, choice, parse_options, split_options
 from tuner.plan import Plan, make_plan
+from tuner.recipes import compose
 
 EXPERIMENT_OPTIONS = {
+    "fresh": Option(
+        choice("true", "false"),
+        "false",
+        "true: train every run not finished from the start, its checkpoints deleted "
+        "(`just train --fresh`), e.g. after changing the grid",
+    ),
     "plan": Option(
         choice("true", "false"),
         "false",
@@ -127,12 +134,19 @@ def budget_problems(grid_plan: GridPlan, grid: Grid) -> list[str]:
     return lines
 
 
-def finished(run: Run, task: str, hardware: str) -> bool:
+def finished(run: Run, task: str, hardware: str, grid: Grid) -> bool:
+    """Trained with the config this grid composes for it, and evaluated with the grid's
+    evaluation options: a changed grid or override runs it again."""
     folder = run.folder / f"{task}-{hardware}"
     manifest = read_manifest(folder / "manifest.json") or {}
-    return (
-        manifest.get("status") == "completed"
-        and (folder / "eval" / "tuned" / "results.json").is_file()
+    results_path = folder / "eval" / "tuned" / "results.json"
+    if manifest.get("status") != "completed" or not results_path.is_file():
+        return False
+    with runs_folder(run.folder):
+        config = compose(task, hardware, run.overrides).to_yaml()
+    settings = json.loads(results_path.read_text()).get("settings") or {}
+    return manifest.get("config_sha256") == sha256_text(config) and all(
+        settings.get(key) == value for key, value in grid.eval.items() if key in settings
     )
 
 
@@ -141,7 +155,7 @@ def eval_options(grid: Grid) -> list[str]:
     return [f"{key}={value}" for key, value in options.items()]
 
 
-def run_one(run: Run, task: str, hardware: str, grid: Grid, console: Console) -> dict[str, float]:
+def run_one(run: Run, task: str, hardware: str, grid: Grid, fresh: bool) -> dict[str, float]:
     """Train (or resume) and evaluate one run; the seconds each took."""
     from tuner.train import train
 
@@ -150,8 +164,8 @@ def run_one(run: Run, task: str, hardware: str, grid: Grid, console: Console) ->
     with runs_folder(run.folder):
         manifest = read_manifest(folder / "manifest.json") or {}
         start = time.monotonic()
-        if manifest.get("status") != "completed":
-            train(task, hardware, run.overrides)
+        if fresh or manifest.get("status") != "completed":
+            train(task, hardware, run.overrides, fresh=fresh)
         seconds["train_s"] = time.monotonic() - start
         start = time.monotonic()
         run_in_infer("eval", task, hardware, *eval_options(grid))
@@ -190,12 +204,12 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
     start = time.monotonic()
     for number, run in enumerate(runs, 1):
         label = f"[{number}/{len(runs)}] {run.cell} seed {run.seed}"
-        if finished(run, experiment.task, hardware):
+        if finished(run, experiment.task, hardware, grid):
             console.print(f"{label}: done before, skipped.")
             continue
         console.print(f"{label}: training and evaluating in {run.folder}")
         timings[f"{run.cell}/seed-{run.seed}"] = run_one(
-            run, experiment.task, hardware, grid, console
+            run, experiment.task, hardware, grid, options["fresh"] == "true"
         )
         done = sum(sum(t.values()) for t in timings.values())
         console.print(f"{label}: done ({done / len(timings):.0f} s per run so far)")
