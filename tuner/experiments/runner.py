@@ -173,6 +173,16 @@ def run_one(run: Run, task: str, hardware: str, grid: Grid, fresh: bool) -> dict
     return seconds
 
 
+def read_timings(path: Path) -> dict[str, Any]:
+    """Each run's seconds from earlier invocations; none where the file is missing or
+    unreadable (it only feeds the rate shown and `just bench experiment`)."""
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return timings if isinstance(timings, dict) else {}
+
+
 def run_experiment(name: str, hardware: str, arguments: list[str], console: Console) -> Path:
     own, overrides = split_options(arguments, EXPERIMENT_OPTIONS)
     options = parse_options(own, EXPERIMENT_OPTIONS, "experiment")
@@ -200,7 +210,7 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
         return experiment_dir(name)
 
     timings_path = experiment_dir(name) / "timings.json"
-    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = read_timings(timings_path)
     start = time.monotonic()
     for number, run in enumerate(runs, 1):
         label = f"[{number}/{len(runs)}] {run.cell} seed {run.seed}"
@@ -211,10 +221,13 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
         timings[f"{run.cell}/seed-{run.seed}"] = run_one(
             run, experiment.task, hardware, grid, options["fresh"] == "true"
         )
-        done = sum(sum(t.values()) for t in timings.values())
-        console.print(f"{label}: done ({done / len(timings):.0f} s per run so far)")
+        per_run = sum(sum(t.values()) for t in timings.values()) / len(timings)
+        left = (len(runs) - number) * per_run / 60
+        console.print(f"{label}: done; {per_run:.0f} s per run, about {left:.0f} min left")
         timings_path.parent.mkdir(parents=True, exist_ok=True)
-        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        partial = timings_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(timings, indent=2) + "\n")
+        partial.replace(timings_path)
     report = write_report(name, hardware, experiment, grid, runs, grid_plan.plans, console)
     console.print(f"{name}: {time.monotonic() - start:.0f} s; report in {report}")
     return report
