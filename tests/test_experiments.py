@@ -13,6 +13,7 @@ import pytest
 from tuner.cli import main
 from tuner.errors import TunerError
 from tuner.experiments import spec
+from tuner.experiments.criteria import loss_problems
 from tuner.experiments.spec import available, expand, load_experiment
 from tuner.recipes import compose
 from tuner.significance import aggregate, paired_bootstrap
@@ -88,3 +89,11 @@ def test_a_corpus_perplexity_is_computed_from_the_summed_log_likelihoods():
     pairs = np.array([[-20.0, 10.0], [-5.0, 5.0]])
     assert aggregate("word_perplexity", pairs, pairs=True) == pytest.approx(math.exp(25 / 15))
     assert aggregate("bits_per_byte", pairs, pairs=True) == pytest.approx(25 / 15 / math.log(2))
+
+
+def test_a_nan_and_a_spike_in_the_training_loss_are_found_and_a_steady_fall_is_not():
+    falling = [10.0 - 0.2 * step for step in range(30)]
+    assert loss_problems(falling) == []
+    spiked = [*falling[:20], 16.0, *falling[21:]]
+    assert loss_problems(spiked) == ["spike to 16 at logged step 21 (median 7.1)"]
+    assert loss_problems([*falling[:5], math.nan]) == ["loss nan at logged step 6"]

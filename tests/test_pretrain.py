@@ -147,6 +147,18 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(experim
     }
     report = (folder / "report.md").read_text()
     assert "Benjamini-Hochberg" in report and "size: tiny-wide vs tiny" in report
+    # The from-scratch criteria, per cell: 20 steps leave perplexity far above 20.
+    results = json.loads((folder / "results.json").read_text())
+    checks = {(c["cell"], c["criterion"]): c for c in results["criteria"]}
+    [mean] = [
+        c["mean"]
+        for c in results["cells"]
+        if c["cell"] == "size-tiny" and c["metric"] == "tuner_perplexity_chat/word_perplexity"
+    ]
+    perplexity = checks[("size-tiny", "tuner_perplexity_chat/word_perplexity < 20")]
+    assert perplexity["value"] == f"{mean:.4g}" and perplexity["passed"] is (mean < 20)
+    assert checks[("size-tiny", "stable training")]["passed"]
+    assert "## Success criteria" in report
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from tuner.errors import TunerError
+from tuner.experiments.criteria import check_cells, criteria_markdown
 from tuner.experiments.spec import Experiment, Grid, Run, experiment_dir
 from tuner.manifest import read_manifest
 from tuner.plan import Plan
@@ -218,6 +219,10 @@ def write_report(
     measured = {run.key: run_metrics(run, experiment.task, hardware) for run in runs}
     cells = summaries(grid.metrics, runs, measured)
     tested = comparisons(grid, runs, measured)
+    folders: dict[str, list[Path]] = {}
+    for run in runs:
+        folders.setdefault(run.cell, []).append(run.folder / f"{experiment.task}-{hardware}")
+    checks = check_cells(grid.criteria, cells, folders)
     out = experiment_dir(name)
     spent = costs(runs, plans, experiment.task, hardware)
     results = {
@@ -238,6 +243,7 @@ def write_report(
         ],
         "cells": [cell.to_json() for cell in cells],
         "costs": spent,
+        "criteria": [check.to_json() for check in checks],
         "comparisons": [result.to_json() for result in tested],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -245,7 +251,8 @@ def write_report(
         plot(metric, cells, out / plot_name(metric))
     path = out / "report.md"
     text = markdown(name, hardware, experiment, grid, cells, tested)
-    path.write_text(text + "\n" + "\n".join(costs_markdown(spent)))
+    sections = criteria_markdown(checks) + costs_markdown(spent)
+    path.write_text(text + "\n" + "\n".join(sections))
     for result in tested:
         console.print(
             f"{result.variable}: {result.b} vs {result.a} on {result.metric}: "

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuner.errors import TunerError
+from tuner.experiments.criteria import Criteria
 from tuner.project import ROOT, runs_dir
 from tuner.recipes import load_yaml
 
@@ -56,6 +57,7 @@ class Grid(BaseModel):
     # `just eval` options every cell is evaluated with (limit, backend, variant).
     eval: dict[str, Any] = {}
     comparisons: list[Comparison] = []
+    criteria: Criteria = Criteria()
     budget: Budget = Budget()
 
     @model_validator(mode="after")
@@ -70,6 +72,9 @@ class Grid(BaseModel):
                         f"comparison names {comparison.variable}={side}; its values are "
                         f"{', '.join(values)}"
                     )
+        for metric in [*self.criteria.below, *self.criteria.above]:
+            if metric not in self.metrics:
+                raise ValueError(f"criteria name {metric}, which is not among the metrics")
         return self
 
 
