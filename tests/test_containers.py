@@ -174,9 +174,10 @@ def test_the_build_engine_is_docker_only_when_its_daemon_answers(tmp_path, monke
 
 
 @pytest.fixture
-def fake_docker(tmp_path) -> tuple[Path, dict[str, str]]:
+def fake_docker(tmp_path, monkeypatch) -> tuple[Path, dict[str, str]]:
     """A stand-in for the Docker CLI (no engine runs here): it answers `info` and records
-    every other call's arguments as one JSON line."""
+    every other call's arguments as one JSON line. Set in this process's environment
+    (for the in-process commands) and returned as one (for subprocesses)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "docker.jsonl"
@@ -192,12 +193,15 @@ def fake_docker(tmp_path) -> tuple[Path, dict[str, str]]:
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     env["TUNER_RUNS"] = str(tmp_path / "runs")
     env["HF_TOKEN"] = "hf_value_that_must_not_appear"
+    monkeypatch.delenv("TUNER_IMAGE", raising=False)
+    for name in ("PATH", "TUNER_RUNS", "HF_TOKEN"):
+        monkeypatch.setenv(name, env[name])
     return log, env
 
 
-def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker):
-    log, env = fake_docker
-    done = run_tuner("train", "math", "a100", "lora_r=32", env=env, timeout=300)
+def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker, cli):
+    log, _ = fake_docker
+    done = cli("train", "math", "a100", "lora_r=32")
     assert done.returncode == 0, done.stderr[-2000:]
     [args] = [json.loads(line) for line in log.read_text().splitlines()]
     assert args[:2] == ["run", "--rm"]
@@ -212,10 +216,10 @@ def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker):
     assert args[image + 1 :] == ["train", "math", "a100", "lora_r=32"]
 
 
-def test_inside_the_image_train_runs_axolotl_directly(fake_docker):
-    log, env = fake_docker
-    env["TUNER_IMAGE"] = "1"
-    done = run_tuner("train", "math", "a100", env=env, timeout=300)
+def test_inside_the_image_train_runs_axolotl_directly(fake_docker, cli, monkeypatch):
+    log, _ = fake_docker
+    monkeypatch.setenv("TUNER_IMAGE", "1")
+    done = cli("train", "math", "a100")
     # No docker call: it went on to the machine check (this machine has no GPU).
     assert not log.exists()
     assert done.returncode == 2 and "no CUDA GPU" in done.stderr
@@ -242,10 +246,10 @@ def install_nvidia_smi(bin_dir: Path, driver: str) -> None:
     script.chmod(0o755)
 
 
-def test_train_stops_before_the_image_when_the_hosts_driver_is_too_old(fake_docker):
+def test_train_stops_before_the_image_when_the_hosts_driver_is_too_old(fake_docker, cli):
     log, env = fake_docker
     install_nvidia_smi(Path(env["PATH"].split(os.pathsep)[0]), "550.54.15")
-    done = run_tuner("train", "math", "a100", env=env, timeout=300)
+    done = cli("train", "math", "a100")
     assert done.returncode == 2
     assert "driver is 550.54.15" in done.stderr and "needs 580.65.06 or newer" in done.stderr
     assert not log.exists()
