@@ -385,7 +385,11 @@ COMMANDS = (
         "experiment",
         "a grid of runs (experiments/NAME.yaml), planned, trained, evaluated and compared",
         cmd_experiment,
-        (("name", {}), ("hardware", {}), OVERRIDES),
+        (
+            ("name", {"help": "an experiment of experiments/ (its file's name, without .yaml)"}),
+            ("hardware", {"help": "a hardware target its grid is sized or scaled for"}),
+            OVERRIDES,
+        ),
         description="Plans every cell of the grid on HW and refuses it over its budget, then "
         "trains and evaluates each run not finished (a cell at a seed, in "
         "runs/experiments/NAME/CELL/seed-S/) and writes report.md, results.json and one "
