@@ -88,7 +88,9 @@ def test_a_shift_is_found_significant_and_no_shift_is_not():
 def test_a_corpus_perplexity_is_computed_from_the_summed_log_likelihoods():
     pairs = np.array([[-20.0, 10.0], [-5.0, 5.0]])
     assert aggregate("word_perplexity", pairs, pairs=True) == pytest.approx(math.exp(25 / 15))
-    assert aggregate("bits_per_byte", pairs, pairs=True) == pytest.approx(25 / 15 / math.log(2))
+    bits = 25 / 15 / math.log(2)
+    assert aggregate("bits_per_byte", pairs, pairs=True) == pytest.approx(bits)
+    assert aggregate("wikitext/bits_per_byte", pairs, pairs=True) == pytest.approx(bits)
 
 
 def test_a_nan_and_a_spike_in_the_training_loss_are_found_and_a_steady_fall_is_not():

@@ -61,12 +61,12 @@ class Documents:
 
 
 def aggregate(metric: str, values: np.ndarray, pairs: bool) -> np.ndarray:
-    """The metric from per-document scores along the second-to-last axis of a
-    (…, documents) or (…, documents, 2) array."""
+    """The metric (its name alone, or TASK/METRIC, or METRIC/FILTER) from per-document
+    scores along the second-to-last axis of a (…, documents) or (…, documents, 2) array."""
     if not pairs:
         return values.mean(axis=-1)
     per_unit = -values[..., 0].sum(axis=-1) / values[..., 1].sum(axis=-1)
-    if metric.startswith("bits_per_byte"):
+    if "bits_per_byte" in metric.split("/"):
         return per_unit / math.log(2)
     return np.exp(per_unit)
 
