@@ -69,6 +69,12 @@ def test_an_experiment_for_another_machine_or_with_a_wrong_comparison_is_refused
     monkeypatch.setattr(spec, "EXPERIMENTS_DIR", tmp_path)
     with pytest.raises(TunerError, match=r"broken.yaml: grid: .*size=huge; its values are tiny"):
         load_experiment("broken")
+    (tmp_path / "slashed.yaml").write_text(
+        "description: d\ntask: pretrain\nhardware: [cpu]\ngrid:\n"
+        "  variables: {size: {a/b: {}}}\n  seeds: [1]\n  metrics: [m/x]\n"
+    )
+    with pytest.raises(TunerError, match=r"slashed.yaml: grid: .*'a/b' names a folder"):
+        load_experiment("slashed")
 
 
 def test_a_shift_is_found_significant_and_no_shift_is_not():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tuner.project import ROOT, runs_dir
 from tuner.recipes import load_yaml
 
 EXPERIMENTS_DIR = ROOT / "experiments"
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class Budget(BaseModel):
@@ -62,6 +64,13 @@ class Grid(BaseModel):
 
     @model_validator(mode="after")
     def comparisons_name_values(self) -> Grid:
+        for variable, values in self.variables.items():
+            for name in (variable, *values):
+                if not FOLDER_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"'{name}' names a folder of each run: use letters, digits, '.', '-' "
+                        "or '_' only"
+                    )
         for comparison in self.comparisons:
             values = self.variables.get(comparison.variable)
             if values is None:
