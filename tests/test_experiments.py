@@ -31,7 +31,7 @@ def test_each_grid_composes_validates_and_plans_on_its_hardware_and_scales(name,
     experiment, source = load_experiment(name)
     for hardware in [*experiment.hardware, *experiment.scales]:
         grid = experiment.grid_for(hardware, source)
-        cells = {run.cell: run for run in expand(name, grid, [])}
+        cells = {run.cell: run for run in expand(name, experiment.task, hardware, grid, [])}
         for cell, run in cells.items():
             report = validate(compose(experiment.task, hardware, run.overrides))
             assert report.ok, (name, hardware, cell, report.summary())

@@ -29,8 +29,13 @@ def data_dir() -> Path:
     return Path(os.environ.get("TUNER_DATA", ROOT / "data"))
 
 
+def run_name(task: str, hardware: str) -> str:
+    """A run folder's name: `TASK-HW`."""
+    return f"{task}-{hardware}"
+
+
 def run_dir(task: str, hardware: str) -> Path:
-    return runs_dir() / f"{task}-{hardware}"
+    return runs_dir() / run_name(task, hardware)
 
 
 def local_file(path: str) -> Path | None:

@@ -31,9 +31,9 @@ from tuner.significance import (
 Measured = dict[tuple[str, int], dict[str, dict[str, Any]]]
 
 
-def run_metrics(run: Run, task: str, hardware: str) -> dict[str, dict[str, Any]]:
+def run_metrics(run: Run) -> dict[str, dict[str, Any]]:
     """TASK/METRIC → the metric as the run's evaluation wrote it."""
-    path = run.folder / f"{task}-{hardware}" / "eval" / "tuned" / "results.json"
+    path = run.run_dir / "eval" / "tuned" / "results.json"
     if not path.is_file():
         raise TunerError(f"{path} is missing: run the experiment again to evaluate that run.")
     results = json.loads(path.read_text())
@@ -175,12 +175,12 @@ def plot(metric: str, cells: list[CellSummary], path: Path) -> None:
     plt.close(figure)
 
 
-def training_seconds(run: Run, task: str, hardware: str) -> float | None:
-    manifest = read_manifest(run.folder / f"{task}-{hardware}" / "manifest.json") or {}
+def training_seconds(run: Run) -> float | None:
+    manifest = read_manifest(run.run_dir / "manifest.json") or {}
     return manifest.get("wall_time_s")
 
 
-def costs(runs: list[Run], plans: dict[str, Plan], task: str, hardware: str) -> list[dict]:
+def costs(runs: list[Run], plans: dict[str, Plan]) -> list[dict]:
     """Per cell: the planner's peak memory at its band's upper edge, and the training
     time each seed's run measured (its manifest's wall time)."""
     return [
@@ -188,7 +188,7 @@ def costs(runs: list[Run], plans: dict[str, Plan], task: str, hardware: str) -> 
             "cell": cell,
             "planned_peak_gib": round(plan.upper_gib, 2),
             "planned_hours": plan.hours,
-            "training_s": [training_seconds(r, task, hardware) for r in runs if r.cell == cell],
+            "training_s": [training_seconds(r) for r in runs if r.cell == cell],
         }
         for cell, plan in plans.items()
     ]
@@ -216,15 +216,15 @@ def write_report(
     plans: dict[str, Plan],
     console: Console,
 ) -> Path:
-    measured = {run.key: run_metrics(run, experiment.task, hardware) for run in runs}
+    measured = {run.key: run_metrics(run) for run in runs}
     cells = summaries(grid.metrics, runs, measured)
     tested = comparisons(grid, runs, measured)
     folders: dict[str, list[Path]] = {}
     for run in runs:
-        folders.setdefault(run.cell, []).append(run.folder / f"{experiment.task}-{hardware}")
+        folders.setdefault(run.cell, []).append(run.run_dir)
     checks = check_cells(grid.criteria, cells, folders)
     out = experiment_dir(name)
-    spent = costs(runs, plans, experiment.task, hardware)
+    spent = costs(runs, plans)
     results = {
         "experiment": name,
         "hardware": hardware,
@@ -236,7 +236,7 @@ def write_report(
                 "cell": run.cell,
                 "values": run.values,
                 "seed": run.seed,
-                "folder": str(run.folder / f"{experiment.task}-{hardware}"),
+                "folder": str(run.run_dir),
                 "metrics": {m: measured[run.key][m]["value"] for m in grid.metrics},
             }
             for run in runs

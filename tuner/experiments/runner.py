@@ -137,9 +137,8 @@ def budget_problems(grid_plan: GridPlan, grid: Grid) -> list[str]:
 def finished(run: Run, task: str, hardware: str, grid: Grid) -> bool:
     """Trained with the config this grid composes for it, and evaluated with the grid's
     evaluation options: a changed grid or override runs it again."""
-    folder = run.folder / f"{task}-{hardware}"
-    manifest = read_manifest(folder / "manifest.json") or {}
-    results_path = folder / "eval" / "tuned" / "results.json"
+    manifest = read_manifest(run.run_dir / "manifest.json") or {}
+    results_path = run.run_dir / "eval" / "tuned" / "results.json"
     if manifest.get("status") != "completed" or not results_path.is_file():
         return False
     with runs_folder(run.folder):
@@ -159,10 +158,9 @@ def run_one(run: Run, task: str, hardware: str, grid: Grid, fresh: bool) -> dict
     """Train (or resume) and evaluate one run; the seconds each took."""
     from tuner.train import train
 
-    folder = run.folder / f"{task}-{hardware}"
     seconds = {}
     with runs_folder(run.folder):
-        manifest = read_manifest(folder / "manifest.json") or {}
+        manifest = read_manifest(run.run_dir / "manifest.json") or {}
         start = time.monotonic()
         if fresh or manifest.get("status") != "completed":
             train(task, hardware, run.overrides, fresh=fresh)
@@ -188,7 +186,7 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
     options = parse_options(own, EXPERIMENT_OPTIONS, "experiment")
     experiment, source = load_experiment(name)
     grid = experiment.grid_for(hardware, source)
-    runs = expand(name, grid, overrides)
+    runs = expand(name, experiment.task, hardware, grid, overrides)
     grid_plan = plan_grid(experiment.task, hardware, runs, len(grid.seeds))
     cells = len(grid_plan.plans)
     console.print(

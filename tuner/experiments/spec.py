@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuner.errors import TunerError
 from tuner.experiments.criteria import Criteria
-from tuner.project import ROOT, runs_dir
+from tuner.project import ROOT, run_name, runs_dir
 from tuner.recipes import load_yaml
 
 EXPERIMENTS_DIR = ROOT / "experiments"
@@ -118,13 +118,15 @@ class Experiment(BaseModel):
 
 @dataclass(frozen=True)
 class Run:
-    """One cell at one seed, with the runs folder it trains and evaluates in."""
+    """One cell at one seed: the runs folder it trains and evaluates in (`folder`,
+    TUNER_RUNS while it runs) and the run folder `TASK-HW/` there (`run_dir`)."""
 
     cell: str
     values: dict[str, str]
     seed: int
     overrides: list[str]
     folder: Path
+    run_dir: Path
 
     @property
     def key(self) -> tuple[str, int]:
@@ -167,7 +169,7 @@ def cell_name(values: dict[str, str]) -> str:
     return "_".join(f"{variable}-{value}" for variable, value in values.items())
 
 
-def expand(name: str, grid: Grid, extra: list[str]) -> list[Run]:
+def expand(name: str, task: str, hardware: str, grid: Grid, extra: list[str]) -> list[Run]:
     """Every cell at every seed, in the grid's order (seeds innermost)."""
     names = list(grid.variables)
     runs = []
@@ -180,5 +182,6 @@ def expand(name: str, grid: Grid, extra: list[str]) -> list[Run]:
         for seed in grid.seeds:
             folder = experiment_dir(name) / cell / f"seed-{seed}"
             with_seed = as_overrides(overrides | {"seed": seed}) + extra
-            runs.append(Run(cell, values, seed, with_seed, folder))
+            run_dir = folder / run_name(task, hardware)
+            runs.append(Run(cell, values, seed, with_seed, folder, run_dir))
     return runs
