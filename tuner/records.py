@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, validation_problems
 
 
 class Message(BaseModel):
@@ -96,9 +96,7 @@ def parse_record(path: Path, number: int, line: str, schema: type[Record]) -> tu
     try:
         return value, schema.model_validate(value)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
-        )
+        problems = validation_problems(err, "record")
         raise TunerError(
             f"{path}:{number}: not a {schema.__name__} record ({problems}). Each line "
             f"needs {schema.shape}."

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, validation_problems
 from tuner.project import ROOT
 
 EVALUATE_DIR = ROOT / "evaluate"
@@ -105,10 +105,7 @@ def load_suite(name: str) -> Suite:
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as problem:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problem.errors()
-        )
-        raise TunerError(f"{path}: {details}") from None
+        raise TunerError(f"{path}: {validation_problems(problem)}") from None
     if bigcode := [b.task for b in suite.local.on("bigcode")]:
         raise TunerError(
             f"{path}: local names bigcode benchmarks ({', '.join(bigcode)}); the local "

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, validation_problems
 from tuner.experiments.criteria import Criteria
 from tuner.project import ROOT, run_name, runs_dir
 from tuner.recipes import load_yaml
@@ -106,7 +106,9 @@ class Experiment(BaseModel):
             try:
                 return Grid.model_validate({**self.grid.model_dump(), **self.scales[hardware]})
             except ValidationError as err:
-                raise TunerError(f"{source}: scales.{hardware}: {problems(err)}") from None
+                raise TunerError(
+                    f"{source}: scales.{hardware}: {validation_problems(err, 'experiment')}"
+                ) from None
         if hardware not in self.hardware:
             machines = ", ".join([*self.hardware, *self.scales])
             raise TunerError(
@@ -133,12 +135,6 @@ class Run:
         return (self.cell, self.seed)
 
 
-def problems(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'experiment'}: {e['msg']}" for e in err.errors()
-    )
-
-
 def available() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -152,7 +148,7 @@ def load_experiment(name: str) -> tuple[Experiment, Path]:
     try:
         return Experiment.model_validate(load_yaml(path)), path
     except ValidationError as err:
-        raise TunerError(f"{path}: {problems(err)}") from None
+        raise TunerError(f"{path}: {validation_problems(err, 'experiment')}") from None
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:
