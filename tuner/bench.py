@@ -354,21 +354,15 @@ def bench_plan(console: Console) -> Path:
 
 def bench_experiment(console: Console, name: str = "pure-synthetic") -> Path:
     """The experiment runner's overhead over its runs, at cpu scale."""
-    import subprocess
     import tempfile
 
-    from tuner.environments import TRAIN_PYTHON, subprocess_env
+    from tuner.environments import TRAIN_PYTHON, run_in
 
     with tempfile.TemporaryDirectory() as runs:
-        env = {**subprocess_env(), "TUNER_RUNS": runs}
         console.print(f"just experiment {name} cpu in {runs} (minutes; its progress follows)")
         start = time.monotonic()
-        done = subprocess.run(
-            [str(TRAIN_PYTHON), "-m", "tuner", "experiment", name, "cpu"], cwd=ROOT, env=env
-        )
+        run_in(TRAIN_PYTHON, "experiment", name, "cpu", env={"TUNER_RUNS": runs})
         wall = time.monotonic() - start
-        if done.returncode != 0:
-            raise TunerError(f"just experiment {name} cpu failed (exit code {done.returncode}).")
         timings = json.loads(Path(runs, "experiments", name, "timings.json").read_text())
     cells = sum(sum(run.values()) for run in timings.values())
     overhead = (wall - cells) / cells

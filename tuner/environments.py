@@ -23,11 +23,16 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_in_infer(*args: str) -> None:
-    """`python -m tuner ARGS` in the inference environment, its output shown as it
-    comes; a failure is a TunerError."""
-    if not INFER_PYTHON.is_file():
-        raise TunerError(f"{INFER_PYTHON} does not exist: run `just setup` first.")
-    command = [str(INFER_PYTHON), "-m", "tuner", *args]
-    done = subprocess.run(command, cwd=ROOT, env=subprocess_env())
+    """`python -m tuner ARGS` in the inference environment (see run_in)."""
+    run_in(INFER_PYTHON, *args)
+
+
+def run_in(python: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """`python -m tuner ARGS` with an environment's `python`, this process's environment
+    (plus `env`), its output shown as it comes; a failure is a TunerError."""
+    if not python.is_file():
+        raise TunerError(f"{python} does not exist: run `just setup` first.")
+    command = [str(python), "-m", "tuner", *args]
+    done = subprocess.run(command, cwd=ROOT, env=subprocess_env() | (env or {}))
     if done.returncode != 0:
         raise TunerError(f"`{' '.join(command)}` failed (exit code {done.returncode}); see above.")
