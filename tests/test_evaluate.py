@@ -7,15 +7,17 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from tests.infer_env import infer_json, run_infer
 from tuner.errors import TunerError
 from tuner.evaluate import suites
-from tuner.evaluate.compare import compare, markdown_table, paired_stderr
+from tuner.evaluate.compare import compare, markdown_table, paired_stderr, rich_table
 from tuner.evaluate.diversity import distinct_n, distinct_n_with_stderr
 from tuner.evaluate.harness import Engine, ModelUnderTest, lm_eval_command
 from tuner.evaluate.report import write_report
@@ -217,6 +219,13 @@ def test_each_delta_is_tested_and_the_table_says_it_is_one_training_run():
     assert better.p_adjusted == pytest.approx(better.p_value * 2)
     table = markdown_table([better, same])
     assert table.count(" *") == 1 and "One training run (a single seed)" in table
+    # The terminal's table keeps a long task name whole, within 80 columns.
+    long = replace(better, task="tuner_perplexity_instruction", metric="word_perplexity")
+    console = Console(width=80, record=True)
+    console.print(rich_table([long, same], "title"))
+    printed = console.export_text()
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    assert "tuner_perplexity_instruction" in printed and f"{better.delta:.4g} *" in printed
 
 
 def test_without_shared_documents_the_standard_errors_combine():

@@ -180,11 +180,7 @@ def compare_runs(
         docs = sorted(set(first.by_doc) & set(second.by_doc))
         units.append((first.array(docs), second.array(docs)))
         documents += len(docs)
-    pairs = matched[0][0].pairs
-    observed, resampled = paired_bootstrap(metric, units, pairs)
-    stray = np.abs(resampled - observed)
-    half_width = float(np.quantile(stray, LEVEL))
-    p_value = (1 + np.count_nonzero(stray >= abs(observed))) / (1 + len(resampled))
+    observed, half_width, p_value = bootstrap_test(metric, units, matched[0][0].pairs)
     return ComparisonResult(
         variable,
         a,
@@ -196,7 +192,7 @@ def compare_runs(
         observed,
         observed - half_width,
         observed + half_width,
-        float(p_value),
+        p_value,
     )
 
 

@@ -133,26 +133,36 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
     return with_significance(rows, p_values)
 
 
-def with_stderr(value: float | None, stderr: float | None, percent: bool = False) -> str:
+def with_stderr(
+    value: float | None,
+    stderr: float | None,
+    percent: bool = False,
+    joiner: str = " ",
+    mark: str = "",
+) -> str:
+    """`value ± stderr` (the terminal table puts the error on a line of its own), with
+    `mark` after the value."""
     if value is None:
         return "—"
     scale, unit = (100.0, "%") if percent else (1.0, "")
-    text = f"{value * scale:+.1f}{unit}" if percent else f"{value:.4g}"
+    text = (f"{value * scale:+.1f}{unit}" if percent else f"{value:.4g}") + mark
     if stderr is not None:
-        text += f" ± {stderr * scale:.1f}{unit}" if percent else f" ± {stderr:.2g}"
+        text += joiner + (f"± {stderr * scale:.1f}{unit}" if percent else f"± {stderr:.2g}")
     return text
 
 
-def cells(row: Row) -> list[str]:
-    arrow = "↑" if row.higher_is_better else "↓"
+def cells(row: Row, joiner: str = " ") -> list[str]:
+    """The row's values after its task and metric; a significant delta is starred."""
     return [
-        row.task,
-        f"{row.metric} {arrow}",
-        with_stderr(row.base, row.base_stderr),
-        with_stderr(row.tuned, row.tuned_stderr),
-        with_stderr(row.delta, row.delta_stderr) + (" *" if row.significant else ""),
-        with_stderr(row.relative, row.relative_stderr, percent=True),
+        with_stderr(row.base, row.base_stderr, joiner=joiner),
+        with_stderr(row.tuned, row.tuned_stderr, joiner=joiner),
+        with_stderr(row.delta, row.delta_stderr, joiner=joiner, mark=" *" * row.significant),
+        with_stderr(row.relative, row.relative_stderr, percent=True, joiner=joiner),
     ]
+
+
+def metric_name(row: Row) -> str:
+    return f"{row.metric} {'↑' if row.higher_is_better else '↓'}"
 
 
 HEADERS = ["task", "metric", "base", "tuned", "Δ", "Δ relative"]
@@ -172,17 +182,19 @@ def p_cell(row: Row) -> str:
 def markdown_table(rows: list[Row]) -> str:
     headers = [*HEADERS, "p (adjusted)"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join([*cells(row), p_cell(row)]) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join([row.task, metric_name(row), *cells(row), p_cell(row)]) + " |"
+        for row in rows
+    ]
     return "\n".join(lines) + "\n\n" + SIGNIFICANCE_NOTE + "\n"
 
 
 def rich_table(rows: list[Row], title: str) -> Table:
+    """Fits 80 columns: the task above its metric, each value above its error."""
     table = Table(title=title, caption=SIGNIFICANCE_NOTE)
-    # Fits 80 columns: long task names fold, a value wraps before its "± error".
-    table.add_column("task", max_width=14, overflow="fold")
-    table.add_column("metric", no_wrap=True)
+    table.add_column("task / metric", no_wrap=True)
     for header in HEADERS[2:]:
-        table.add_column(header, justify="right", min_width=8)
+        table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*cells(row))
+        table.add_row(f"{row.task}\n{metric_name(row)}", *cells(row, joiner="\n"))
     return table
