@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from tuner.cli import COMMANDS, build_parser, declared_options
+
 
 def test_config_prints_and_writes_the_composed_axolotl_yaml(cli, runs):
     done = cli("config", "math", "a100", "lora_r=64")
@@ -54,30 +56,11 @@ def test_list_shows_tasks_with_their_suites(cli):
     assert "tool-use" in done.stdout and "4090x8" in done.stdout
 
 
-@pytest.mark.parametrize(
-    "command", ["generate", "filter", "prefs", "eval", "plan", "smoke", "experiment"]
-)
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.options], ids=lambda c: c.name)
 def test_every_declared_option_is_in_its_commands_help(command):
-    from tuner.cli import build_parser
-    from tuner.evaluate.run import OPTIONS as eval_options
-    from tuner.experiments.runner import EXPERIMENT_OPTIONS
-    from tuner.filter.run import OPTIONS as filter_options
-    from tuner.generate.run import OPTIONS as generate_options
-    from tuner.plan import PLAN_OPTIONS
-    from tuner.preferences import OPTIONS as prefs_options
-    from tuner.smoke import SMOKE_OPTIONS
-
-    declared = {
-        "generate": generate_options,
-        "filter": filter_options,
-        "prefs": prefs_options,
-        "eval": eval_options,
-        "plan": PLAN_OPTIONS,
-        "smoke": SMOKE_OPTIONS,
-        "experiment": EXPERIMENT_OPTIONS,
-    }[command]
+    declared = declared_options(command.options)
     parser = build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command")
-    text = " ".join(subcommands.choices[command].format_help().split())
+    text = " ".join(subcommands.choices[command.name].format_help().split())
     for name, option in declared.items():
         assert f"{name}= {' '.join(option.doc.split())}" in text

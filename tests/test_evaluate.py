@@ -191,7 +191,7 @@ def results(values: dict[str, float], stderr: float | None = 0.1) -> dict:
 def test_deltas_are_paired_over_the_same_documents():
     base = {"0": 0.0, "1": 1.0, "2": 0.0, "3": 1.0}
     tuned = {"0": 1.0, "1": 1.0, "2": 1.0, "3": 1.0}
-    (row,) = compare(results(base), results(tuned))
+    (row,) = compare(results(base), [results(tuned)])
     assert row.delta == pytest.approx(0.5)
     differences = [1.0, 0.0, 1.0, 0.0]
     assert row.delta_stderr == pytest.approx(statistics.stdev(differences) / 2)
@@ -210,7 +210,7 @@ def test_each_delta_is_tested_and_the_table_says_it_is_one_training_run():
     first, second = results(base), results(tuned)
     # A second task on which the tuned model answers exactly as the base did.
     first["tasks"]["u"] = second["tasks"]["u"] = results(base)["tasks"]["t"]
-    better, same = compare(first, second)
+    better, same = compare(first, [second])
     # 200 documents, +0.28 paired: a z of about 9; the bootstrap's floor is 1/2001.
     assert better.delta == pytest.approx(0.28, abs=0.05)
     assert better.p_value < 0.001 and better.significant
@@ -229,7 +229,7 @@ def test_each_delta_is_tested_and_the_table_says_it_is_one_training_run():
 
 
 def test_without_shared_documents_the_standard_errors_combine():
-    (row,) = compare(results({"0": 1.0}, 0.3), results({"5": 0.0}, 0.4))
+    (row,) = compare(results({"0": 1.0}, 0.3), [results({"5": 0.0}, 0.4)])
     assert not row.paired
     assert row.delta_stderr == pytest.approx(0.5)
     assert paired_stderr({"0": 1.0}, {"0": 1.0}) is None

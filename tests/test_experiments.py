@@ -6,16 +6,20 @@ it shares."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tuner.cli import main
 from tuner.errors import TunerError
 from tuner.experiments import spec
 from tuner.experiments.criteria import loss_problems
 from tuner.experiments.spec import available, expand, load_experiment
+from tuner.project import ROOT
 from tuner.recipes import compose
+from tuner.records import Conversation, read_records
 from tuner.significance import aggregate, paired_bootstrap
 from tuner.validation import validate
 
@@ -26,21 +30,58 @@ def test_experiments_are_shipped():
     assert "pure-synthetic" in SHIPPED
 
 
+def with_input_from_the_cpu_scale(name: str, folder: Path) -> None:
+    """The experiment's file in `folder` (spec.EXPERIMENTS_DIR there), its full-scale
+    prepare step reading the cpu scale's input: the full-scale one (OpenHermes-2.5) cannot
+    be downloaded here, and the real filter runs on the fixtures instead."""
+    raw = yaml.safe_load((spec.EXPERIMENTS_DIR / f"{name}.yaml").read_text())
+    cpu_input = raw["scales"]["cpu"]["prepare"]["filter"]["input"]
+    raw["grid"]["prepare"]["filter"]["input"] = cpu_input
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_each_grid_composes_validates_and_plans_on_its_hardware_and_scales(name, capsys, runs):
+def test_each_grid_composes_validates_and_plans_on_its_hardware_and_scales(
+    name, capsys, runs, tmp_path, monkeypatch
+):
     experiment, source = load_experiment(name)
+    prepare = experiment.grid.prepare
+    if prepare is not None and not (ROOT / prepare.filter.input).is_file():
+        with_input_from_the_cpu_scale(name, tmp_path)
+        monkeypatch.setattr(spec, "EXPERIMENTS_DIR", tmp_path)
+        experiment, source = load_experiment(name)
     for hardware in [*experiment.hardware, *experiment.scales]:
         grid = experiment.grid_for(hardware, source)
+        # First: planning runs the prepare step, whose files the cells train on.
+        main(["experiment", name, hardware, "plan=true"])
+        printed = capsys.readouterr().err
         cells = {run.cell: run for run in expand(name, experiment.task, hardware, grid, [])}
         for cell, run in cells.items():
             report = validate(compose(experiment.task, hardware, run.overrides))
             assert report.ok, (name, hardware, cell, report.summary())
-        main(["experiment", name, hardware, "plan=true"])
-        printed = capsys.readouterr().err
         assert f"{name} on {hardware}: {len(cells)} cells × {len(grid.seeds)} seeds" in printed
         assert all(cell in printed for cell in cells)
         timed = "no throughput to time them with" if hardware == "cpu" else "machine-hours"
         assert timed in printed, printed
+        if grid.prepare is not None:
+            assert "prepare: just filter" in printed
+            for size in grid.prepare.filter.tiers:
+                tier = runs / "experiments" / name / "prepared" / f"top-{size}.jsonl"
+                assert 0 < len(read_records(tier, Conversation)) <= size
+    if prepare is not None:
+        # Prepared already, for the last machine: not filtered again.
+        main(["experiment", name, hardware, "plan=true"])
+        assert "is up to date with" in capsys.readouterr().err
+
+
+def test_a_prepare_step_whose_input_is_missing_is_refused_with_where_to_get_it(capsys, runs):
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", "quality-vs-quantity", "4090x8", "plan=true"])
+    assert stopped.value.code == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "prepare.filter.input names" in printed and "openhermes-2.5.jsonl" in printed
+    assert '"Data to prepare"' in printed
+    assert not (runs / "experiments").exists()
 
 
 def test_a_grid_over_its_budget_is_refused_with_each_variables_share(capsys, runs):

@@ -30,8 +30,8 @@ def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
     SIGKILLed once a checkpoint is complete, then the same command again, which resumes
     there and finishes the planned steps. The evaluation and report tests use that run."""
     runs = tmp_path_factory.mktemp("plumbing") / "runs"
-    args = ["train", "instruction", "cpu", f"base_model={tiny_model}"]
-    args += [f"max_steps={STEPS}", "save_steps=2"]
+    overrides = [f"base_model={tiny_model}", f"max_steps={STEPS}", "save_steps=2"]
+    args = ["train", "instruction", "cpu", *overrides]
     run = runs / "instruction-cpu"
     process = subprocess.Popen(
         [sys.executable, "-m", "tuner", *args],
@@ -51,7 +51,12 @@ def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
     finished_before_the_kill = (run / f"checkpoint-{STEPS}").exists()
     resumed = run_tuner(*args, runs=runs)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
-    return {"runs": runs, "resumed": resumed, "finished_before_the_kill": finished_before_the_kill}
+    return {
+        "runs": runs,
+        "overrides": overrides,
+        "resumed": resumed,
+        "finished_before_the_kill": finished_before_the_kill,
+    }
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run):
@@ -94,3 +99,37 @@ def test_report_shows_the_comparison_of_an_evaluated_run_with_its_plot(tiny_run)
     data = json.loads((runs / "report" / "report.json").read_text())
     [entry] = [e for e in data["runs"] if e["run"] == "instruction-cpu"]
     assert entry["comparison"]["settings"]["backend"] == "hf"
+
+
+def test_two_training_seeds_are_compared_with_the_base_over_seeds_and_documents(tiny_run):
+    """After the hf evaluation above: its run is the first seed, kept; `seeds=2` trains
+    the second alone, and the evaluation reuses the base's and the first seed's results."""
+    runs = tiny_run["runs"]
+    args = ["train", "instruction", "cpu", *tiny_run["overrides"], "seeds=2"]
+    trained = run_tuner(*args, runs=runs)
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    assert "[1/2] seed 42: trained before, kept." in trained.stderr
+    second = runs / "seeds" / "seed-43" / "instruction-cpu"
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["seed"] == 43
+
+    done = run_infer("eval", "instruction", "cpu", "backend=hf", "limit=2", "seeds=2", runs=runs)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stderr.count("reusing its results") == 2
+    assert f"peft={second}" in (second / "eval" / "tuned" / "lm-eval.log").read_text()
+    eval_dir = runs / "instruction-cpu" / "eval"
+    comparison = json.loads((eval_dir / "comparison.json").read_text())
+    assert comparison["seeds"] == 2 and len(comparison["tuned_models"]) == 2
+    first_results, second_results = (
+        json.loads((folder / "eval" / "tuned" / "results.json").read_text())
+        for folder in (runs / "instruction-cpu", second)
+    )
+    for row in comparison["rows"]:
+        values = [
+            r["tasks"][row["task"]]["metrics"][row["metric"]]["value"]
+            for r in (first_results, second_results)
+        ]
+        assert row["seeds"] == 2
+        assert row["tuned"] == pytest.approx(sum(values) / 2)
+        assert row["tuned_stderr"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert "the mean of 2 training seeds" in (eval_dir / "comparison.md").read_text()

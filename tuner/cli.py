@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner.errors import TunerError
-from tuner.options import options_help
+from tuner.options import Options, options_help
 from tuner.recipes import compose, hardware_names, load_task, task_names
 
 out = Console()
@@ -80,12 +80,13 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from tuner.train import train
+    from tuner.train import train_seeds
 
-    recipe = train(
+    recipes = train_seeds(
         args.task, args.hardware, args.overrides, fresh=args.fresh, drop_caches=args.drop_caches
     )
-    out.print(f"Done. Adapter, config, logs and manifest.json in {recipe.run_dir}")
+    folders = ", ".join(str(recipe.run_dir) for recipe in recipes)
+    out.print(f"Done. Adapter, config, logs and manifest.json in {folders}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -225,7 +226,9 @@ class StageParser(argparse.ArgumentParser):
     declaration, imported only when the help is shown (importing the filter stage,
     datatrove included, takes about a second)."""
 
-    def __init__(self, *args: Any, options: str = "", own: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, options: tuple[str, ...] = (), own: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.options = options
         self.own = own
@@ -233,27 +236,35 @@ class StageParser(argparse.ArgumentParser):
     def format_help(self) -> str:
         if not self.options:
             return super().format_help()
-        module, name = self.options.split(":")
         heading = (
             "the project's own options (key=value), beside Axolotl overrides"
             if self.own
             else "options (key=value)"
         )
-        self.epilog = options_help(getattr(importlib.import_module(module), name), heading)
+        self.epilog = options_help(declared_options(self.options), heading)
         return super().format_help()
+
+
+def declared_options(declarations: tuple[str, ...]) -> Options:
+    """The options declared at `module:NAME`, in order."""
+    known: Options = {}
+    for declaration in declarations:
+        module, name = declaration.split(":")
+        known |= getattr(importlib.import_module(module), name)
+    return known
 
 
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its help, its arguments, and for a stage the declaration of its
-    key=value options (`module:NAME`), which its help lists."""
+    key=value options (`module:NAME`, one or more), which its help lists."""
 
     name: str
     summary: str
     run: Callable[[argparse.Namespace], None]
     arguments: tuple[tuple[str, dict[str, Any]], ...] = ()
     description: str = ""
-    options: str = ""
+    options: tuple[str, ...] = ()
     own: bool = False  # the project's own options, beside Axolotl overrides
 
 
@@ -264,7 +275,12 @@ STAGE_OPTIONS = ("options", {"nargs": "*", "help": "key=value options (see above
 COMMANDS = (
     Command("list", "list tasks and hardware targets", cmd_list),
     Command(
-        "config", "print and write the composed Axolotl config", cmd_config, (*TASK_HW, OVERRIDES)
+        "config",
+        "print and write the composed Axolotl config",
+        cmd_config,
+        (*TASK_HW, OVERRIDES),
+        options=("tuner.recipes:RECIPE_OPTIONS",),
+        own=True,
     ),
     Command(
         "validate",
@@ -288,6 +304,8 @@ COMMANDS = (
                 },
             ),
         ),
+        options=("tuner.train:TRAIN_OPTIONS",),
+        own=True,
     ),
     Command(
         "demo", "train the instruction recipe on CPU and compare answers", cmd_demo, (OVERRIDES,)
@@ -297,21 +315,21 @@ COMMANDS = (
         "Magpie instructions and responses for TASK (re-run to resume)",
         cmd_generate,
         (("task", {}), STAGE_OPTIONS),
-        options="tuner.generate.run:OPTIONS",
+        options=("tuner.generate.run:OPTIONS",),
     ),
     Command(
         "filter",
         "quality rules, exact and near-duplicate removal, decontamination",
         cmd_filter,
         (("input", {"help": "a JSONL file of conversations (or a comma list)"}), STAGE_OPTIONS),
-        options="tuner.filter.run:OPTIONS",
+        options=("tuner.filter.run:OPTIONS",),
     ),
     Command(
         "prefs",
         "preference pairs for DPO: sample responses, score them, best vs worst",
         cmd_prefs,
         (("input", {"help": "a JSONL file of conversations (their prompts)"}), STAGE_OPTIONS),
-        options="tuner.preferences:OPTIONS",
+        options=("tuner.preferences:OPTIONS",),
     ),
     Command(
         "doctor", "what this machine has: GPUs, P2P, environments, engines, sandbox", cmd_doctor
@@ -357,7 +375,7 @@ COMMANDS = (
         "published measurements (bench/published-memory.yaml), a verdict at the band's "
         "upper edge with the overrides that would make it fit, tokens, steps, time and "
         "cost.",
-        options="tuner.plan:PLAN_OPTIONS",
+        options=("tuner.plan:PLAN_OPTIONS", "tuner.recipes:RECIPE_OPTIONS"),
         own=True,
     ),
     Command(
@@ -370,7 +388,7 @@ COMMANDS = (
         "memory per device (allocated and reserved; on cpu the process's resident "
         "memory) beside the plan's estimate and its error band, the step time, tokens/s "
         "and a verdict.",
-        options="tuner.smoke:SMOKE_OPTIONS",
+        options=("tuner.smoke:SMOKE_OPTIONS", "tuner.recipes:RECIPE_OPTIONS"),
         own=True,
     ),
     Command(
@@ -379,7 +397,7 @@ COMMANDS = (
         cmd_eval,
         (*TASK_HW, STAGE_OPTIONS),
         description="Results in runs/TASK-HW/eval/.",
-        options="tuner.evaluate.run:OPTIONS",
+        options=("tuner.evaluate.run:OPTIONS",),
     ),
     Command(
         "experiment",
@@ -395,7 +413,7 @@ COMMANDS = (
         "runs/experiments/NAME/CELL/seed-S/) and writes report.md, results.json and one "
         "plot per metric: the mean over seeds with its interval, and each comparison's "
         "difference, interval and corrected p-value. Overrides apply to every run.",
-        options="tuner.experiments.runner:EXPERIMENT_OPTIONS",
+        options=("tuner.experiments.runner:EXPERIMENT_OPTIONS",),
         own=True,
     ),
     Command(

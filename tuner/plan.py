@@ -140,7 +140,9 @@ def steps_and_tokens(config: dict[str, Any], workload: Workload, gpus: int) -> t
         tokens_per_sequence = per_row
     steps = math.ceil(sequences * epochs / (batch * gpus))
     if config.get("max_steps"):
-        steps = min(steps, int(config["max_steps"]))
+        # Transformers' Trainer runs max_steps whatever the epochs: past the data's end
+        # it starts over (TrainingArguments.max_steps, "overrides num_train_epochs").
+        steps = int(config["max_steps"])
     return steps, steps * batch * gpus * tokens_per_sequence
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +19,20 @@ BASE_RECIPE = RECIPES / "base.yaml"
 def runs_dir() -> Path:
     """Run folders (`runs/TASK-HW/`); TUNER_RUNS moves them, e.g. onto a bigger disk."""
     return Path(os.environ.get("TUNER_RUNS", ROOT / "runs"))
+
+
+@contextlib.contextmanager
+def runs_folder(folder: Path) -> Iterator[None]:
+    """TUNER_RUNS at `folder` for what runs inside, this process's and its children's."""
+    before = os.environ.get("TUNER_RUNS")
+    os.environ["TUNER_RUNS"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TUNER_RUNS"]
+        else:
+            os.environ["TUNER_RUNS"] = before
 
 
 def cache_dir() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tuner.errors import TunerError
+from tuner.options import Option, parse_options, positive_int, split_options
 from tuner.project import (
     BASE_RECIPE,
     HARDWARE_DIR,
@@ -26,14 +27,36 @@ from tuner.project import (
     portable,
     run_dir,
 )
-from tuner.records import Conversation, PreferencePair, dataset_entry, read_records
+from tuner.records import (
+    Conversation,
+    PreferencePair,
+    dataset_entry,
+    read_records_and_format,
+)
 
 META_KEY = "tuner"
-# `data=FILE.jsonl` (or a list of files) trains on this project's own records instead of
-# the task's datasets: what the generation, filtering and preference stages write.
 DATA_KEY = "data"
-# With a mixture (`data={a.jsonl: 0.7, b.jsonl: 0.3}`), how many records it holds.
 DATA_SIZE_KEY = "data_size"
+
+
+def yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML: {err}") from None
+
+
+# Keys of the project's own that every command composing a recipe takes beside Axolotl's.
+RECIPE_OPTIONS = {
+    DATA_KEY: Option(
+        yaml_value,
+        None,
+        "train on JSONL records instead of the task's datasets (a "
+        "file, a [list], or a mixture {a.jsonl: 0.7, b.jsonl: 0.3}): what generate, "
+        "filter and prefs write",
+    ),
+    DATA_SIZE_KEY: Option(positive_int, None, "how many records a data= mixture holds"),
+}
 # Keys of a dataset entry that say where the data comes from; the rest says how to read it.
 DATASET_SOURCE_KEYS = ("path", "name", "split", "data_files", "revision", "ds_type")
 
@@ -177,9 +200,11 @@ def compose(
     its precision and its sizes."""
     task_cfg = load_task(task)
     hw_cfg = load_hardware(hardware)
-    user = parse_overrides(overrides or [])
-    data = user_data = user.pop(DATA_KEY, None)
-    data_size = user.pop(DATA_SIZE_KEY, None)
+    own, axolotl_overrides = split_options(overrides or [], RECIPE_OPTIONS)
+    options = parse_options(own, RECIPE_OPTIONS, "recipe option")
+    user = parse_overrides(axolotl_overrides)
+    data = user_data = options[DATA_KEY]
+    data_size = options[DATA_SIZE_KEY]
 
     # What the task's training method cannot do without (DPO cannot pack samples) holds
     # on every machine, so it goes over the overlay; the user's word still comes last.
@@ -197,7 +222,7 @@ def compose(
         preference = bool(config.get("rl"))
         if isinstance(data, dict):
             data = mixture_file(data, data_size, preference, out, config.get("seed", 0))
-        config["datasets"] = own_datasets(data, preference)
+        config["datasets"] = own_datasets(data, preference, trained_roles(task_cfg))
     elif meta.get("data") == "local" and "datasets" not in user:
         config["datasets"] = local_datasets(task, task_cfg)
     if meta.get("starts_from") and "base_model" not in user:
@@ -282,9 +307,19 @@ def mixture_file(weights: dict[str, Any], size: Any, preference: bool, run: Path
     return str(path)
 
 
-def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
+def trained_roles(task_cfg: dict[str, Any]) -> list[str]:
+    """The roles the task's own conversations train on (pretraining learns every turn),
+    for conversations given with data=; the answers alone where it does not say."""
+    for dataset in task_cfg.get("datasets") or []:
+        if dataset.get("type") == "chat_template" and dataset.get("roles_to_train"):
+            return list(dataset["roles_to_train"])
+    return ["assistant"]
+
+
+def own_datasets(data: Any, preference: bool, roles: list[str]) -> list[dict[str, Any]]:
     """Dataset entries for files of the project's records, each checked line by line
-    first, so a malformed file stops here with its line number and not mid-training."""
+    first, so a malformed file stops here with its line number and not mid-training.
+    Conversations train on `roles`."""
     files = data if isinstance(data, list) else [data]
     if not files or not all(isinstance(f, str) and f for f in files):
         raise TunerError(
@@ -295,8 +330,8 @@ def own_datasets(data: Any, preference: bool) -> list[dict[str, Any]]:
     entries = []
     for name in files:
         path = user_path(name)
-        read_records(path, schema)
-        entries.append(dataset_entry(portable(path), preference))
+        sharegpt = read_records_and_format(path, schema)[1]
+        entries.append(dataset_entry(portable(path), preference, sharegpt, roles))
     return entries
 
 

@@ -154,15 +154,27 @@ def paired_bootstrap(
     return observed, differences[picks, slots, np.arange(resamples)[:, None]].mean(axis=1)
 
 
+@dataclass(frozen=True)
+class Bootstrap:
+    """A paired bootstrap's verdict on b - a: the observed difference, the half-width of
+    its symmetric interval, the two-sided p-value, and the standard deviation of the
+    resampled differences (a standard error over everything resampled)."""
+
+    difference: float
+    half_width: float
+    p_value: float
+    stderr: float
+
+
 def bootstrap_test(
     metric: str, units: list[tuple[np.ndarray, np.ndarray]], pairs: bool
-) -> tuple[float, float, float]:
-    """The observed difference, the half-width of its interval and its p-value."""
+) -> Bootstrap:
     observed, resampled = paired_bootstrap(metric, units, pairs)
     stray = np.abs(resampled - observed)
-    half_width = float(np.quantile(stray, LEVEL))
     p_value = (1 + np.count_nonzero(stray >= abs(observed))) / (1 + len(resampled))
-    return observed, half_width, float(p_value)
+    return Bootstrap(
+        observed, float(np.quantile(stray, LEVEL)), float(p_value), float(resampled.std(ddof=1))
+    )
 
 
 def compare_runs(
@@ -180,7 +192,7 @@ def compare_runs(
         docs = sorted(set(first.by_doc) & set(second.by_doc))
         units.append((first.array(docs), second.array(docs)))
         documents += len(docs)
-    observed, half_width, p_value = bootstrap_test(metric, units, matched[0][0].pairs)
+    test = bootstrap_test(metric, units, matched[0][0].pairs)
     return ComparisonResult(
         variable,
         a,
@@ -189,10 +201,10 @@ def compare_runs(
         higher_is_better,
         len(units),
         documents,
-        observed,
-        observed - half_width,
-        observed + half_width,
-        p_value,
+        test.difference,
+        test.difference - test.half_width,
+        test.difference + test.half_width,
+        test.p_value,
     )
 
 

@@ -34,8 +34,10 @@ from tuner.manifest import (
     sha256_text,
     write_manifest,
 )
-from tuner.project import ROOT, portable, run_dir
-from tuner.recipes import ComposedRecipe, compose
+from tuner.options import parse_options, split_options
+from tuner.project import ROOT, portable, run_dir, runs_folder
+from tuner.recipes import RECIPE_OPTIONS, ComposedRecipe, compose
+from tuner.seeds import SEEDS_KEY, SEEDS_OPTIONS, seed_runs
 from tuner.validation import validate
 
 console = Console(stderr=True, soft_wrap=True)
@@ -52,6 +54,7 @@ DEFAULT_ENV = {
 }
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 RESUME_HINT = "Checkpoints already written are kept: run the same command again to resume."
+TRAIN_OPTIONS = {**RECIPE_OPTIONS, **SEEDS_OPTIONS}
 
 
 def write_config(recipe: ComposedRecipe) -> Path:
@@ -273,6 +276,34 @@ def train(
         raise
     finish_manifest(manifest_path, manifest, out, time.monotonic() - start)
     return recipe
+
+
+def train_seeds(
+    task: str, hardware: str, arguments: list[str], fresh: bool = False, drop_caches: bool = False
+) -> list[ComposedRecipe]:
+    """`just train TASK HW [seeds=N]`: one run, or one per seed. With several seeds, a
+    seed's run that completed with the config composed now is kept as it is."""
+    own, overrides = split_options(arguments, SEEDS_OPTIONS)
+    count = parse_options(own, SEEDS_OPTIONS, "train")[SEEDS_KEY]
+    if count == 1:
+        return [train(task, hardware, overrides, fresh, drop_caches)]
+    first = compose(task, hardware, overrides, formats=False).config.get("seed", 0)
+    recipes = []
+    for number, run in enumerate(seed_runs(first, count), 1):
+        with_seed = overrides if run.first else [*overrides, f"seed={run.seed}"]
+        with runs_folder(run.folder):
+            recipe = compose(task, hardware, with_seed)
+            manifest = read_manifest(recipe.run_dir / "manifest.json") or {}
+            done = manifest.get("status") == "completed" and manifest.get(
+                "config_sha256"
+            ) == sha256_text(recipe.to_yaml())
+            if done and not fresh:
+                console.print(f"[{number}/{count}] seed {run.seed}: trained before, kept.")
+            else:
+                console.print(f"[{number}/{count}] seed {run.seed} in {recipe.run_dir}")
+                recipe = train(task, hardware, with_seed, fresh, drop_caches)
+        recipes.append(recipe)
+    return recipes
 
 
 def finish_manifest(path: Path, manifest: dict, out: Path, seconds: float) -> None:

@@ -1,16 +1,18 @@
 """Base against tuned, metric by metric: both values with their standard errors, the
 absolute and the relative delta with theirs.
 
-The delta's standard error is paired where both models scored the same documents (the
-standard error of the per-document differences: base and tuned answer the same
-questions, so their errors are correlated and the paired one is the right, usually
-smaller, figure); otherwise the two standard errors combine as if independent. The
-relative delta's standard error treats the base value as the fixed reference.
+With one training run, the delta's standard error is paired where both models scored
+the same documents (the standard error of the per-document differences: base and tuned
+answer the same questions, so their errors are correlated and the paired one is the
+right, usually smaller, figure); otherwise the two standard errors combine as if
+independent. With several training seeds (`seeds=N`), the tuned value is their mean,
+its error the standard error over the seeds, and the delta's error the spread of the
+bootstrap below. The relative delta's standard error treats the base value as the fixed
+reference.
 
-Each delta with per-document scores for both models gets a two-sided p-value from a
-paired bootstrap over those documents (tuner.significance), corrected across the rows
-with Benjamini-Hochberg. One training run stands for the tuned model: the variation
-between training seeds is not in it (`just experiment` runs seeds).
+Each delta with per-document scores gets a two-sided p-value from a paired bootstrap
+(tuner.significance): over the documents for one run, over the seeds and then the
+documents for several, corrected across the rows with Benjamini-Hochberg.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from rich.table import Table
 
-from tuner.significance import ALPHA, Documents, adjusted, bootstrap_test
+from tuner.significance import ALPHA, Bootstrap, Documents, adjusted, bootstrap_test
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Row:
     higher_is_better: bool
     paired: bool
     documents: int | None
+    # Training runs the tuned value is the mean of.
+    seeds: int = 1
     p_value: float | None = None
     p_adjusted: float | None = None
 
@@ -71,14 +75,18 @@ def combined_stderr(first: float | None, second: float | None) -> float | None:
     return math.hypot(first, second)
 
 
-def delta_p_value(metric: str, base: dict[str, Any], tuned: dict[str, Any]) -> float | None:
-    """The paired bootstrap's p-value of tuned - base over the documents both scored."""
-    first, second = Documents.of(metric, base), Documents.of(metric, tuned)
-    docs = sorted(set(first.by_doc) & set(second.by_doc))
-    if len(docs) < 2 or first.pairs != second.pairs:
-        return None
-    units = [(first.array(docs), second.array(docs))]
-    return bootstrap_test(metric, units, first.pairs)[2]
+def delta_test(metric: str, base: dict[str, Any], tuned: list[dict[str, Any]]) -> Bootstrap | None:
+    """The paired bootstrap of tuned - base over the documents each seed's run and the
+    base both scored: the seeds resampled, then the documents (one seed: the documents)."""
+    first = Documents.of(metric, base)
+    units = []
+    for seed in tuned:
+        second = Documents.of(metric, seed)
+        docs = sorted(set(first.by_doc) & set(second.by_doc))
+        if len(docs) < 2 or first.pairs != second.pairs:
+            return None
+        units.append((first.array(docs), second.array(docs)))
+    return bootstrap_test(metric, units, first.pairs)
 
 
 def with_significance(rows: list[Row], p_values: list[float | None]) -> list[Row]:
@@ -89,38 +97,48 @@ def with_significance(rows: list[Row], p_values: list[float | None]) -> list[Row
     ]
 
 
-def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
-    """Rows for every metric both results hold, in the base's order, each delta tested."""
+def tuned_value(tuned: list[dict[str, Any]]) -> tuple[float, float | None]:
+    """One run's value and standard error; over several seeds, their mean and its
+    standard error over the seeds."""
+    if len(tuned) == 1:
+        return tuned[0]["value"], tuned[0]["stderr"]
+    values = [seed["value"] for seed in tuned]
+    return statistics.fmean(values), mean_stderr(values)
+
+
+def compare(base: dict[str, Any], tuned: list[dict[str, Any]]) -> list[Row]:
+    """Rows for every metric the base and every tuned run hold, in the base's order, each
+    delta tested. `tuned`: the results of one training run, or of each seed's."""
     p_values: list[float | None] = []
     rows = []
     for task, base_task in base["tasks"].items():
-        tuned_task = tuned["tasks"].get(task)
-        if tuned_task is None:
-            continue
         for metric, b in base_task["metrics"].items():
-            t = tuned_task["metrics"].get(metric)
-            if t is None:
+            t = [run["tasks"].get(task, {}).get("metrics", {}).get(metric) for run in tuned]
+            if any(seed is None for seed in t):
                 continue
-            delta = t["value"] - b["value"]
-            paired = paired_stderr(b.get("per_sample") or {}, t.get("per_sample") or {})
-            delta_stderr = (
-                paired if paired is not None else combined_stderr(b["stderr"], t["stderr"])
-            )
+            value, stderr = tuned_value(t)
+            delta = value - b["value"]
+            test = delta_test(metric, b, t)
+            if len(t) == 1:
+                paired = paired_stderr(b.get("per_sample") or {}, t[0].get("per_sample") or {})
+            else:
+                paired = test.stderr if test is not None else None
+            delta_stderr = paired if paired is not None else combined_stderr(b["stderr"], stderr)
             relative = delta / abs(b["value"]) if b["value"] else None
             relative_stderr = (
                 delta_stderr / abs(b["value"])
                 if relative is not None and delta_stderr is not None
                 else None
             )
-            p_values.append(delta_p_value(metric, b, t))
+            p_values.append(test.p_value if test is not None else None)
             rows.append(
                 Row(
                     task=task,
                     metric=metric,
                     base=b["value"],
                     base_stderr=b["stderr"],
-                    tuned=t["value"],
-                    tuned_stderr=t["stderr"],
+                    tuned=value,
+                    tuned_stderr=stderr,
                     delta=delta,
                     delta_stderr=delta_stderr,
                     relative=relative,
@@ -128,6 +146,7 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> list[Row]:
                     higher_is_better=bool(b.get("higher_is_better", True)),
                     paired=paired is not None,
                     documents=base_task.get("samples"),
+                    seeds=len(t),
                 )
             )
     return with_significance(rows, p_values)
@@ -166,11 +185,21 @@ def metric_name(row: Row) -> str:
 
 
 HEADERS = ["task", "metric", "base", "tuned", "Δ", "Δ relative"]
-SIGNIFICANCE_NOTE = (
-    "* significant at 0.05: paired bootstrap over the documents, Benjamini-Hochberg "
-    "across the rows. One training run (a single seed): the spread between training "
-    "seeds is not in these figures; `just experiment` runs seeds."
-)
+
+
+def significance_note(rows: list[Row]) -> str:
+    seeds = max((row.seeds for row in rows), default=1)
+    if seeds == 1:
+        return (
+            "* significant at 0.05: paired bootstrap over the documents, Benjamini-Hochberg "
+            "across the rows. One training run (a single seed): the spread between training "
+            "seeds is not in these figures; `just eval … seeds=N` or `just experiment` runs seeds."
+        )
+    return (
+        f"tuned: the mean of {seeds} training seeds, ± its standard error over them. Δ's error "
+        "and * (significant at 0.05): paired bootstrap over the seeds, then the documents, "
+        "Benjamini-Hochberg across the rows."
+    )
 
 
 def p_cell(row: Row) -> str:
@@ -186,12 +215,12 @@ def markdown_table(rows: list[Row]) -> str:
         "| " + " | ".join([row.task, metric_name(row), *cells(row), p_cell(row)]) + " |"
         for row in rows
     ]
-    return "\n".join(lines) + "\n\n" + SIGNIFICANCE_NOTE + "\n"
+    return "\n".join(lines) + "\n\n" + significance_note(rows) + "\n"
 
 
 def rich_table(rows: list[Row], title: str) -> Table:
     """Fits 80 columns: the task above its metric, each value above its error."""
-    table = Table(title=title, caption=SIGNIFICANCE_NOTE)
+    table = Table(title=title, caption=significance_note(rows))
     table.add_column("task / metric", no_wrap=True)
     for header in HEADERS[2:]:
         table.add_column(header, justify="right", no_wrap=True)

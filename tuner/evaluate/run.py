@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suit
 from tuner.manifest import read_manifest, sha256_file, sha256_text
 from tuner.models import embedded_model_dir, ensure_embedded_model
 from tuner.options import Option, choice, parse_options, positive_int
-from tuner.project import ROOT, run_dir
+from tuner.project import ROOT, run_dir, runs_folder
 from tuner.recipes import compose, load_hardware, load_task
+from tuner.seeds import SEEDS_KEY, SEEDS_OPTIONS, seed_runs
 
 LABELS = ("base", "tuned")
 
@@ -59,6 +61,7 @@ OPTIONS = {
         choice(*VARIANTS), None, f"{'|'.join(VARIANTS)}; the overlay's, local on cpu"
     ),
     "only": Option(choice("base", "tuned"), None, "base|tuned: one model, no comparison"),
+    **SEEDS_OPTIONS,
     "template": Option(
         choice("trained", "any"),
         "trained",
@@ -273,28 +276,56 @@ def evaluate_model(
 
 
 def add_judge_scores(
-    results: dict[str, dict[str, Any]], eval_dir: Path, suite: Suite, variant: str, console: Console
+    evaluated: list[tuple[Path, dict[str, Any]]], suite: Suite, variant: str, console: Console
 ) -> None:
+    """Judge scores for every model's answers, `evaluated` as (eval folder, results); all
+    the models in one batch, so that one judge grades them alike."""
     chosen = suite.variant(variant)
     for benchmark in (b for b in chosen.benchmarks if b.judge):
         pending = {
-            label: responses([eval_dir / label / f for f in r["folders"]], benchmark.task)
-            for label, r in results.items()
-            if "judge_score" not in r["tasks"].get(benchmark.task, {}).get("metrics", {})
+            str(number): responses(
+                [folder / result["label"] / f for f in result["folders"]], benchmark.task
+            )
+            for number, (folder, result) in enumerate(evaluated)
+            if "judge_score" not in result["tasks"].get(benchmark.task, {}).get("metrics", {})
         }
         if not pending:
             continue
         assert chosen.judge is not None
         scores = judge_answers(chosen.judge, pending, suite.settings.seed, console)
-        for label, by_doc in scores.items():
+        for number, by_doc in scores.items():
             values = list(by_doc.values())
-            results[label]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
+            evaluated[int(number)][1]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
                 "value": statistics.fmean(values),
                 "stderr": mean_stderr(values),
                 "higher_is_better": True,
                 "per_sample": by_doc,
                 "judge": chosen.judge.model_dump(),
             }
+
+
+def seed_models(
+    task: str, hardware: str, count: int, first_seed: int, tuned: ModelUnderTest
+) -> list[tuple[Path, ModelUnderTest]]:
+    """The tuned model of each further training seed, with its run folder's eval/, served
+    with the first run's tokenizer (its chat template checked against each seed's)."""
+    models = []
+    for run in seed_runs(first_seed, count)[1:]:
+        with runs_folder(run.folder):
+            folder = run_dir(task, hardware)
+            manifest = read_manifest(folder / "manifest.json") or {}
+            if manifest.get("status") != "completed":
+                raise TunerError(
+                    f"{folder}: seed {run.seed} has no completed training run. Run `just "
+                    f"train {task} {hardware} seeds={count}` first (it keeps the seeds done)."
+                )
+            check_chat_template(task, hardware, Path(tuned.tokenizer))
+            if (folder / "adapter_config.json").is_file():
+                model = replace(tuned, adapter=folder)
+            else:
+                model = replace(tuned, pretrained=str(folder))
+            models.append((folder / "eval", model))
+    return models
 
 
 def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console) -> Path:
@@ -313,46 +344,57 @@ def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console
         settings["limit"] = options["limit"]
 
     eval_dir = run_dir(task, hardware) / "eval"
-    results = {
-        model.label: evaluate_model(
-            model, engine, suite, variant, settings, eval_dir, bigcode, console
-        )
-        for model in models
-    }
-    add_judge_scores(results, eval_dir, suite, variant, console)
-    for label, result in results.items():
-        (eval_dir / label / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"Results: {', '.join(str(eval_dir / label) for label in results)}")
-    if set(results) != set(LABELS):
+    runs = [(eval_dir, model) for model in models]
+    tuned = [model for model in models if model.label == "tuned"]
+    if options[SEEDS_KEY] > 1 and tuned:
+        seed = config.get("seed", 0)
+        runs += seed_models(task, hardware, options[SEEDS_KEY], seed, tuned[0])
+    evaluated = [
+        (folder, evaluate_model(model, engine, suite, variant, settings, folder, bigcode, console))
+        for folder, model in runs
+    ]
+    add_judge_scores(evaluated, suite, variant, console)
+    for folder, result in evaluated:
+        (folder / result["label"] / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    results = [result for _, result in evaluated]
+    console.print(f"Results: {', '.join(str(f / m.label) for f, m in runs)}")
+    base = [r for r in results if r["label"] == "base"]
+    tuned_results = [r for r in results if r["label"] == "tuned"]
+    if not base or not tuned_results:
         return eval_dir
-    return write_comparison(task, hardware, results["base"], results["tuned"], eval_dir, console)
+    return write_comparison(task, hardware, base[0], tuned_results, eval_dir, console)
 
 
 def write_comparison(
     task: str,
     hardware: str,
     base: dict[str, Any],
-    tuned: dict[str, Any],
+    tuned: list[dict[str, Any]],
     eval_dir: Path,
     console: Console,
 ) -> Path:
-    if base["settings"] != tuned["settings"]:
-        differing = sorted(
-            k for k in base["settings"] if base["settings"][k] != tuned["settings"].get(k)
-        )
-        raise TunerError(
-            f"{eval_dir}: the base and tuned results were produced with different settings "
-            f"({', '.join(differing)}); run `just eval {task} {hardware}` again."
-        )
+    """`tuned`: one training run's results, or each seed's."""
+    for seed in tuned:
+        if base["settings"] != seed["settings"]:
+            differing = sorted(
+                k for k in base["settings"] if base["settings"][k] != seed["settings"].get(k)
+            )
+            raise TunerError(
+                f"{eval_dir}: the base and tuned results were produced with different "
+                f"settings ({', '.join(differing)}); run `just eval {task} {hardware}` again."
+            )
     rows = compare(base, tuned)
     title = f"{task} on {hardware}: base vs tuned ({base['settings']['suite']} suite, "
-    title += f"{base['settings']['variant']})"
+    title += f"{base['settings']['variant']}"
+    title += f", {len(tuned)} training seeds)" if len(tuned) > 1 else ")"
     comparison = {
         "task": task,
         "hardware": hardware,
         "settings": base["settings"],
         "base_model": base["model"],
-        "tuned_model": tuned["model"],
+        "tuned_model": tuned[0]["model"],
+        "seeds": len(tuned),
+        "tuned_models": [seed["model"] for seed in tuned],
         "rows": [row.as_dict() for row in rows],
     }
     path = eval_dir / "comparison.json"

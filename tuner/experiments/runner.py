@@ -1,5 +1,6 @@
-"""`just experiment NAME HW`: plan the grid on the hardware and refuse it over budget,
-then train and evaluate every run not finished, then the report.
+"""`just experiment NAME HW`: make the data a grid's prepare step names (the filter's
+quality tiers), plan the grid on the hardware and refuse it over budget, then train and
+evaluate every run not finished, then the report.
 
 Each run (a cell at a seed) has its own runs folder, `runs/experiments/NAME/CELL/seed-S/`,
 which holds the ordinary run folder `TASK-HW/` (config, checkpoints, manifest, eval/):
@@ -9,11 +10,8 @@ mid-training resumes from its last checkpoint, as `just train` does."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,19 @@ from rich.table import Table
 from tuner.environments import run_in_infer
 from tuner.errors import TunerError
 from tuner.experiments.report import write_report
-from tuner.experiments.spec import Grid, Run, expand, experiment_dir, load_experiment
-from tuner.manifest import read_manifest, sha256_text
+from tuner.experiments.spec import (
+    FilterStep,
+    Grid,
+    Run,
+    expand,
+    experiment_dir,
+    load_experiment,
+    prepared_dir,
+)
+from tuner.manifest import dataset_fingerprints, read_manifest, sha256_text
 from tuner.options import Option, choice, parse_options, split_options
 from tuner.plan import Plan, make_plan
+from tuner.project import ROOT, runs_folder
 from tuner.recipes import compose
 
 EXPERIMENT_OPTIONS = {
@@ -40,23 +47,10 @@ EXPERIMENT_OPTIONS = {
     "plan": Option(
         choice("true", "false"),
         "false",
-        "true: print the grid's plan and the budget check, run nothing",
+        "true: print the grid's plan and the budget check, train nothing (a prepare "
+        "step's data is made first: the plan counts it)",
     ),
 }
-
-
-@contextlib.contextmanager
-def runs_folder(folder: Path) -> Iterator[None]:
-    """TUNER_RUNS at `folder` for what runs inside, this process's and its children's."""
-    before = os.environ.get("TUNER_RUNS")
-    os.environ["TUNER_RUNS"] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["TUNER_RUNS"]
-        else:
-            os.environ["TUNER_RUNS"] = before
 
 
 @dataclass(frozen=True)
@@ -134,18 +128,61 @@ def budget_problems(grid_plan: GridPlan, grid: Grid) -> list[str]:
     return lines
 
 
+def prepared_up_to_date(step: FilterStep, out: Path, inputs: list[Path]) -> bool:
+    """The filter wrote every tier, with these tiers and preset, after the input's last
+    change."""
+    stats_path = out / "stats.json"
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        return False
+    options = stats.get("options") or {}
+    return (
+        all((out / f"top-{size}.jsonl").is_file() for size in step.tiers)
+        and options.get("tiers") == step.tiers
+        and options.get("preset") == step.preset
+        and stats_path.stat().st_mtime >= max(path.stat().st_mtime for path in inputs)
+    )
+
+
+def prepare_data(name: str, grid: Grid, source: Path, console: Console) -> None:
+    """The grid's prepare step (`just filter INPUT tiers=…` into `{prepared}`), unless
+    its output is up to date."""
+    if grid.prepare is None:
+        return
+    step, out = grid.prepare.filter, prepared_dir(name)
+    inputs = [ROOT / part for part in step.input.split(",") if part]
+    for path in inputs:
+        if not path.is_file():
+            raise TunerError(
+                f"{source}: prepare.filter.input names {path}, which does not exist. Write "
+                "the conversations there as the project's JSONL (experiments/README.md, "
+                '"Data to prepare", shows how), or point the input at your own.'
+            )
+    if prepared_up_to_date(step, out, inputs):
+        console.print(f"prepare: {out} is up to date with {step.input}.")
+        return
+    console.print(f"prepare: just filter {step.input} into {out}")
+    tiers = ",".join(str(size) for size in step.tiers)
+    run_in_infer("filter", step.input, f"tiers={tiers}", f"preset={step.preset}", f"out={out}")
+
+
 def finished(run: Run, task: str, hardware: str, grid: Grid) -> bool:
-    """Trained with the config this grid composes for it, and evaluated with the grid's
-    evaluation options: a changed grid or override runs it again."""
+    """Trained with the config this grid composes for it, on the same local data (a
+    prepared tier written again from a changed input differs), and evaluated with the
+    grid's evaluation options: a changed grid, override or data runs it again."""
     manifest = read_manifest(run.run_dir / "manifest.json") or {}
     results_path = run.run_dir / "eval" / "tuned" / "results.json"
     if manifest.get("status") != "completed" or not results_path.is_file():
         return False
     with runs_folder(run.folder):
-        config = compose(task, hardware, run.overrides).to_yaml()
+        recipe = compose(task, hardware, run.overrides)
+    data = dataset_fingerprints(recipe.config.get("datasets") or [])
     settings = json.loads(results_path.read_text()).get("settings") or {}
-    return manifest.get("config_sha256") == sha256_text(config) and all(
-        settings.get(key) == value for key, value in grid.eval.items() if key in settings
+    return (
+        manifest.get("config_sha256") == sha256_text(recipe.to_yaml())
+        and manifest.get("datasets") == data
+        and all(settings.get(key) == value for key, value in grid.eval.items() if key in settings)
     )
 
 
@@ -186,6 +223,7 @@ def run_experiment(name: str, hardware: str, arguments: list[str], console: Cons
     options = parse_options(own, EXPERIMENT_OPTIONS, "experiment")
     experiment, source = load_experiment(name)
     grid = experiment.grid_for(hardware, source)
+    prepare_data(name, grid, source, console)
     runs = expand(name, experiment.task, hardware, grid, overrides)
     grid_plan = plan_grid(experiment.task, hardware, runs, len(grid.seeds))
     cells = len(grid_plan.plans)

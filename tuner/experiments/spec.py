@@ -20,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuner.errors import TunerError, validation_problems
 from tuner.experiments.criteria import Criteria
-from tuner.project import ROOT, run_name, runs_dir
+from tuner.project import ROOT, portable, run_name, runs_dir
 from tuner.recipes import load_yaml
 
 EXPERIMENTS_DIR = ROOT / "experiments"
+PREPARED = "{prepared}"
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -47,6 +48,34 @@ class Comparison(BaseModel):
     metric: str
 
 
+class FilterStep(BaseModel):
+    """`just filter INPUT tiers=…` before the grid, into the experiment's `prepared/`
+    folder: the top-K kept records by quality score, `top-K.jsonl` per size, which the
+    grid's values name as `{prepared}/top-K.jsonl`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Conversations as the project's JSONL: a file or a comma list, from the repository root.
+    input: str
+    tiers: list[int] = Field(min_length=1)
+    # filter/presets/NAME.yaml
+    preset: str = "default"
+
+    @model_validator(mode="after")
+    def tiers_are_sizes(self) -> FilterStep:
+        if any(size < 1 for size in self.tiers):
+            raise ValueError(f"tiers are record counts of at least 1, not {self.tiers}")
+        return self
+
+
+class Prepare(BaseModel):
+    """Data the grid's runs need, made once before it is planned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: FilterStep
+
+
 class Grid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +90,7 @@ class Grid(BaseModel):
     comparisons: list[Comparison] = []
     criteria: Criteria = Criteria()
     budget: Budget = Budget()
+    prepare: Prepare | None = None
 
     @model_validator(mode="after")
     def comparisons_name_values(self) -> Grid:
@@ -161,6 +191,22 @@ def experiment_dir(name: str) -> Path:
     return runs_dir() / "experiments" / name
 
 
+def prepared_dir(name: str) -> Path:
+    """Where the prepare step writes; `{prepared}` in the grid's values."""
+    return experiment_dir(name) / "prepared"
+
+
+def with_prepared(value: Any, folder: str) -> Any:
+    """`value` with `{prepared}` in its strings replaced by `folder`."""
+    if isinstance(value, str):
+        return value.replace(PREPARED, folder)
+    if isinstance(value, dict):
+        return {k: with_prepared(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_prepared(v, folder) for v in value]
+    return value
+
+
 def cell_name(values: dict[str, str]) -> str:
     return "_".join(f"{variable}-{value}" for variable, value in values.items())
 
@@ -175,6 +221,7 @@ def expand(name: str, task: str, hardware: str, grid: Grid, extra: list[str]) ->
         overrides = dict(grid.overrides)
         for variable, value in values.items():
             overrides |= grid.variables[variable][value]
+        overrides = with_prepared(overrides, portable(prepared_dir(name)))
         for seed in grid.seeds:
             folder = experiment_dir(name) / cell / f"seed-{seed}"
             with_seed = as_overrides(overrides | {"seed": seed}) + extra

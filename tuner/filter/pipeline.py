@@ -22,7 +22,6 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -38,11 +37,10 @@ NEAR_DUPLICATE = "near duplicate"
 CONTAMINATED = "contamination"
 
 
-def conversation_text(record: dict[str, Any]) -> tuple[str, str]:
-    """The user's turns and the assistant's turns of a (checked) record, each joined."""
-    messages = record["messages"]
-    user = "\n".join(m["content"] for m in messages if m["role"] == "user")
-    assistant = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+def conversation_text(record: Conversation) -> tuple[str, str]:
+    """The user's turns and the assistant's turns of a record, each joined."""
+    user = "\n".join(m.content for m in record.messages if m.role == "user")
+    assistant = "\n".join(m.content for m in record.messages if m.role == "assistant")
     return user, assistant
 
 
@@ -76,7 +74,7 @@ def read_and_shard(inputs: list[Path], shards: Path, tasks: int, exact: Path) ->
     duplicates = []
     for file_index, path in enumerate(inputs):
         for number, raw in text_lines(path):
-            user, assistant = conversation_text(parse_record(path, number, raw, Conversation)[0])
+            user, assistant = conversation_text(parse_record(path, number, raw, Conversation)[1])
             text = f"{user}\n{assistant}"
             key = exact_key(text)
             if key in seen:
