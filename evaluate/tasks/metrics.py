@@ -11,15 +11,25 @@ from typing import Any
 from lm_eval.tasks.ifeval.utils import agg_inst_level_acc as ifeval_instruction_accuracy
 from lm_eval.tasks.ifeval.utils import process_results as ifeval_results
 
+from tuner.evaluate import proxy
 from tuner.evaluate.code import check_answer
 from tuner.evaluate.scoring import rouge_scores, tool_call_scores
 
 __all__ = [
     "code_results",
+    "format_results",
     "humaneval_problems",
     "ifeval_instruction_accuracy",
     "ifeval_results",
     "open_ended_results",
+    "proxy_arithmetic",
+    "proxy_copy_reverse",
+    "proxy_dates_units",
+    "proxy_formatted",
+    "proxy_noisy",
+    "proxy_paraphrased",
+    "proxy_results",
+    "proxy_sequences",
     "summary_results",
     "tool_call_results",
 ]
@@ -53,3 +63,27 @@ def open_ended_results(doc: dict[str, Any], results: list[str]) -> dict[str, flo
     """Length in words: the judge scores these answers after lm-eval (see the suite's
     `judge`), from the samples lm-eval logs."""
     return {"words": float(len(results[0].split()))}
+
+
+def proxy_documents(name: str) -> Any:
+    """The custom_dataset of proxy task `name`: lm-eval passes the task's metadata."""
+    return lambda **metadata: proxy.dataset(name, **metadata)
+
+
+proxy_arithmetic = proxy_documents("arithmetic")
+proxy_sequences = proxy_documents("sequences")
+proxy_copy_reverse = proxy_documents("copy_reverse")
+proxy_dates_units = proxy_documents("dates_units")
+proxy_noisy = proxy_documents("noisy")
+proxy_paraphrased = proxy_documents("paraphrased")
+proxy_formatted = proxy_documents("formatted")
+
+
+def proxy_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """exact_match: the answer after the reply's last "Answer:" is the item's."""
+    return {"exact_match": float(proxy.is_correct(doc, results[0]))}
+
+
+def format_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    kept, correct = proxy.format_verdict(doc, results[0])
+    return {"format_followed": float(kept), "exact_match": float(correct)}

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from tuner.chat import saved_template
 from tuner.errors import TunerError
+from tuner.evaluate.behaviour import add_behaviour
 from tuner.evaluate.bigcode import bigcode_version, harness_python, run_bigcode
 from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
 from tuner.evaluate.diversity import distinct_n_with_stderr
@@ -43,7 +44,7 @@ from tuner.evaluate.harness import (
 )
 from tuner.evaluate.judging import judge_answers
 from tuner.evaluate.merge import merged_model
-from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite
+from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suite, suite_names
 from tuner.manifest import read_manifest, sha256_file, sha256_text
 from tuner.models import embedded_model_dir, ensure_embedded_model
 from tuner.options import Option, choice, parse_options, positive_int
@@ -61,6 +62,11 @@ OPTIONS = {
         choice(*VARIANTS), None, f"{'|'.join(VARIANTS)}; the overlay's, local on cpu"
     ),
     "only": Option(choice("base", "tuned"), None, "base|tuned: one model, no comparison"),
+    "suite": Option(
+        choice(*suite_names()),
+        None,
+        "another suite of evaluate/suites/ (e.g. zero-cost), into eval-SUITE/; the task's own",
+    ),
     **SEEDS_OPTIONS,
     "template": Option(
         choice("trained", "any"),
@@ -70,11 +76,23 @@ OPTIONS = {
 }
 
 
-def suite_for(task: str, hardware: str, variant: str | None) -> tuple[str, Suite, str]:
+def task_suite(task: str) -> str:
     meta = load_task(task).get("tuner") or {}
     name = meta.get("suite")
     if not name:
         raise TunerError(f"recipes/tasks/{task}.yaml names no evaluation suite (tuner.suite).")
+    return name
+
+
+def eval_folder(run: Path, task: str, suite_name: str) -> Path:
+    """`eval/` for the task's own suite, `eval-SUITE/` for another one."""
+    return run / ("eval" if suite_name == task_suite(task) else f"eval-{suite_name}")
+
+
+def suite_for(
+    task: str, hardware: str, variant: str | None, suite: str | None
+) -> tuple[str, Suite, str]:
+    name = suite or task_suite(task)
     # The overlay says which variant its machine runs: the cpu one runs `local`.
     chosen = variant or (load_hardware(hardware).get("tuner") or {}).get("eval", "full")
     if chosen not in VARIANTS:
@@ -262,6 +280,7 @@ def evaluate_model(
         folders = run_harness(engine, runnable, lm_eval, run_settings, out, variant == "local")
     tasks = read_results(folders)
     add_diversity(tasks, folders)
+    add_behaviour(tasks, folders)
     if bigcode is not None:
         code_tasks = [b.task for b in chosen.on("bigcode")]
         whole = merged(model, engine, eval_dir, console)
@@ -307,8 +326,8 @@ def add_judge_scores(
 def seed_models(
     task: str, hardware: str, count: int, first_seed: int, tuned: ModelUnderTest
 ) -> list[tuple[Path, ModelUnderTest]]:
-    """The tuned model of each further training seed, with its run folder's eval/, served
-    with the first run's tokenizer (its chat template checked against each seed's)."""
+    """The tuned model of each further training seed, with its run folder, served with
+    the first run's tokenizer (its chat template checked against each seed's)."""
     models = []
     for run in seed_runs(first_seed, count)[1:]:
         with runs_folder(run.folder):
@@ -324,13 +343,13 @@ def seed_models(
                 model = replace(tuned, adapter=folder)
             else:
                 model = replace(tuned, pretrained=str(folder))
-            models.append((folder / "eval", model))
+            models.append((folder, model))
     return models
 
 
 def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console) -> Path:
     options = parse_options(option_pairs, OPTIONS, "eval")
-    suite_name, suite, variant = suite_for(task, hardware, options["variant"])
+    suite_name, suite, variant = suite_for(task, hardware, options["variant"], options["suite"])
     backend = check_backend(options["backend"] or default_backend())
     config = run_config(task, hardware)
     bigcode_tasks = [b.task for b in suite.variant(variant).on("bigcode")]
@@ -343,12 +362,13 @@ def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console
     if options["limit"] is not None:
         settings["limit"] = options["limit"]
 
-    eval_dir = run_dir(task, hardware) / "eval"
+    eval_dir = eval_folder(run_dir(task, hardware), task, suite_name)
     runs = [(eval_dir, model) for model in models]
     tuned = [model for model in models if model.label == "tuned"]
     if options[SEEDS_KEY] > 1 and tuned:
         seed = config.get("seed", 0)
-        runs += seed_models(task, hardware, options[SEEDS_KEY], seed, tuned[0])
+        seeds = seed_models(task, hardware, options[SEEDS_KEY], seed, tuned[0])
+        runs += [(eval_folder(folder, task, suite_name), model) for folder, model in seeds]
     evaluated = [
         (folder, evaluate_model(model, engine, suite, variant, settings, folder, bigcode, console))
         for folder, model in runs

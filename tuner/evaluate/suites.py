@@ -151,10 +151,12 @@ def local_evaluation_sets() -> list[Path]:
 
 def definitions_digest(suite: str) -> str:
     """A digest of everything that defines what the suite asks: the suite, the
-    project's task YAMLs and metrics, the fixtures and the rubrics. Base and tuned
-    results are comparable only when it is the same."""
+    project's task YAMLs and metrics, the fixtures, the rubrics and the proxy tasks'
+    code. Base and tuned results are comparable only when it is the same."""
     digest = hashlib.sha256()
-    files = [SUITES_DIR / f"{suite}.yaml"]
+    # The proxy tasks' items and the behavioural metrics are made by code.
+    code = [ROOT / "tuner" / "evaluate" / name for name in ("proxy.py", "behaviour.py")]
+    files = [SUITES_DIR / f"{suite}.yaml", *code]
     for folder in (TASKS_DIR, FIXTURES_DIR, RUBRICS_DIR):
         files += sorted(
             p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
