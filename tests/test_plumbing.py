@@ -133,3 +133,29 @@ def test_two_training_seeds_are_compared_with_the_base_over_seeds_and_documents(
         assert row["tuned"] == pytest.approx(sum(values) / 2)
         assert row["tuned_stderr"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert "the mean of 2 training seeds" in (eval_dir / "comparison.md").read_text()
+
+
+def test_the_zero_cost_suite_runs_its_proxy_and_behavioural_tasks_through_lm_eval(tiny_run):
+    """Into eval-zero-cost/, beside the task's own eval/: items built by lm-eval from the
+    tasks' metadata, the behavioural metrics computed from its samples."""
+    runs = tiny_run["runs"]
+    args = ["eval", "instruction", "cpu", "suite=zero-cost", "only=base", "backend=hf", "limit=6"]
+    done = run_infer(*args, runs=runs)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(
+        (runs / "instruction-cpu" / "eval-zero-cost" / "base" / "results.json").read_text()
+    )
+    assert results["settings"]["suite"] == "zero-cost"
+    tasks = results["tasks"]
+    for task in ("arithmetic", "sequences", "copy_reverse", "dates_units", "noisy"):
+        assert tasks[f"tuner_proxy_{task}"]["samples"] == 6
+        assert 0 <= tasks[f"tuner_proxy_{task}"]["metrics"]["exact_match"]["value"] <= 1
+    # Six documents of the paraphrased task: two items asked three ways each.
+    agreement = tasks["tuner_proxy_paraphrased"]["metrics"]["agreement"]
+    assert len(agreement["per_sample"]) == 2
+    drop = tasks["tuner_proxy_noisy"]["metrics"]["robustness_drop"]
+    clean = tasks["tuner_proxy_arithmetic"]["metrics"]["exact_match"]["per_sample"]
+    noisy = tasks["tuner_proxy_noisy"]["metrics"]["exact_match"]["per_sample"]
+    assert drop["value"] == pytest.approx(sum(clean.values()) / 6 - sum(noisy.values()) / 6)
+    assert set(tasks["tuner_proxy_formatted"]["metrics"]) >= {"format_followed", "exact_match"}
+    assert "distinct_2" in tasks["tuner_proxy_copy_reverse"]["metrics"]
