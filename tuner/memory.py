@@ -12,6 +12,9 @@ What stays:
   stay p. DPO without an adapter holds a frozen reference copy as well.
 - LoRA adapter: r·(in + out) per adapted linear at 4 bytes (PEFT keeps adapters in
   fp32) or 2 where a framework trains everything in bf16 (torchtune, LitGPT bf16-true).
+  Prompt tuning: n·h, the embeddings of its n virtual tokens, which also lengthen every
+  sequence by n (PEFT prepends them), and whose gradient flows back through every
+  layer, so the activations are saved as under LoRA.
 - optimizer states: AdamW two moments in the trainable weights' dtype (torch creates
   them with `zeros_like`), 8-bit AdamW 2 bytes; DeepSpeed adds an fp32 master copy and
   keeps fp32 moments (12 bytes). bitsandbytes' paged optimizers put the states of
@@ -53,7 +56,7 @@ from typing import Any
 import yaml
 
 from tuner.errors import TunerError
-from tuner.project import RECIPES, ROOT
+from tuner.project import PROMPT_TUNING, RECIPES, ROOT
 
 GIB = 1024**3
 # 4-bit values, an 8-bit scale per block of 64, an fp32 scale per 256 blocks.
@@ -178,7 +181,7 @@ class Training:
     micro_batch: int
     sequence_len: int  # the longest batch: sequence_len when packed or padded to it
     gradient_checkpointing: bool
-    adapter: str | None  # "lora", "qlora" or None (full fine-tuning)
+    adapter: str | None  # "lora", "qlora", "prompt-tuning" or None (full fine-tuning)
     lora_rank: int
     lora_targets: list[str] | None  # None: every linear layer
     lora_dropout: bool
@@ -212,6 +215,11 @@ class Training:
     master_weights: bool = False
     # torchtune's activation offloading: saved activations wait in CPU memory.
     activation_offloading: bool = False
+    virtual_tokens: int = 0  # prompt tuning's, included in sequence_len
+
+    @property
+    def prompt_tuning(self) -> bool:
+        return self.adapter == PROMPT_TUNING
 
     @classmethod
     def from_config(cls, config: dict[str, Any], gpus: int) -> Training:
@@ -225,9 +233,10 @@ class Training:
             kind = "adamw"
         targets = None if config.get("lora_target_linear") else config.get("lora_target_modules")
         deepspeed = config.get("deepspeed")
+        virtual = int(config.get("num_virtual_tokens") or 20) if adapter == PROMPT_TUNING else 0
         return cls(
             micro_batch=int(config.get("micro_batch_size", 1)),
-            sequence_len=int(config.get("sequence_len", 2048)),
+            sequence_len=int(config.get("sequence_len", 2048)) + virtual,
             gradient_checkpointing=bool(config.get("gradient_checkpointing")),
             adapter=adapter,
             lora_rank=int(config.get("lora_r", 8)),
@@ -246,6 +255,7 @@ class Training:
             gradient_accumulation=int(config.get("gradient_accumulation_steps", 1)),
             foreach_optimizer=optimizer in ("adamw_torch", "adam_torch", "adamw_hf"),
             master_weights=bool(deepspeed),
+            virtual_tokens=virtual,
         )
 
     @property
@@ -349,6 +359,8 @@ def loss_bytes_per_logit(training: Training) -> tuple[float, float]:
 
 
 def trainable_tensors(arch: Architecture, training: Training) -> list[tuple[int, int]]:
+    if training.prompt_tuning:
+        return [(training.virtual_tokens * arch.hidden, 1)]
     if training.adapter:
         return arch.lora_tensors(training.lora_rank, training.lora_targets)
     return arch.tensors()

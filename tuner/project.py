@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 TASKS_DIR = RECIPES / "tasks"
 HARDWARE_DIR = RECIPES / "hardware"
+# Training methods an overlay does not choose (method=NAME): recipes/methods/NAME.yaml.
+METHODS_DIR = RECIPES / "methods"
+# The adapter recipes/methods/prompt-tuning.yaml sets, registered by tuner/prompt_tuning.py.
+PROMPT_TUNING = "prompt-tuning"
 # Model shapes (config.json alone) that a from-scratch recipe initialises with fresh weights.
 SHAPES_DIR = RECIPES / "shapes"
 BASE_RECIPE = RECIPES / "base.yaml"

@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 
 from tuner.errors import TunerError
-from tuner.options import Option, parse_options, positive_int, split_options
+from tuner.options import Option, choice, parse_options, positive_int, split_options
 from tuner.project import (
     BASE_RECIPE,
     HARDWARE_DIR,
+    METHODS_DIR,
     ROOT,
     SHAPES_DIR,
     TASKS_DIR,
@@ -37,6 +38,11 @@ from tuner.records import (
 META_KEY = "tuner"
 DATA_KEY = "data"
 DATA_SIZE_KEY = "data_size"
+METHOD_KEY = "method"
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in METHODS_DIR.glob("*.yaml"))
 
 
 def yaml_value(raw: str) -> Any:
@@ -51,11 +57,17 @@ RECIPE_OPTIONS = {
     DATA_KEY: Option(
         yaml_value,
         None,
-        "train on JSONL records instead of the task's datasets (a "
-        "file, a [list], or a mixture {a.jsonl: 0.7, b.jsonl: 0.3}): what generate, "
-        "filter and prefs write",
+        "train on JSONL records instead of the task's datasets (a file, a [list], or a "
+        "mixture {a.jsonl: 0.7, b.jsonl: 0.3}): what generate, filter and prefs write",
     ),
     DATA_SIZE_KEY: Option(positive_int, None, "how many records a data= mixture holds"),
+    METHOD_KEY: Option(
+        # Read as YAML as the other keys are: an experiment's grid writes "prompt-tuning".
+        lambda raw: choice(*method_names())(str(yaml_value(raw))),
+        None,
+        "a training method of recipes/methods/ over the task and the overlay, e.g. "
+        "prompt-tuning; the overlay's adapter (LoRA, QLoRA) by default",
+    ),
 }
 # Keys of a dataset entry that say where the data comes from; the rest says how to read it.
 DATASET_SOURCE_KEYS = ("path", "name", "split", "data_files", "revision", "ds_type")
@@ -209,8 +221,14 @@ def compose(
     # What the task's training method cannot do without (DPO cannot pack samples) holds
     # on every machine, so it goes over the overlay; the user's word still comes last.
     required = (task_cfg.get(META_KEY) or {}).get("requires") or {}
+    method = load_yaml(METHODS_DIR / f"{options[METHOD_KEY]}.yaml") if options[METHOD_KEY] else {}
+    if method and "adapter" in required:
+        raise TunerError(
+            f"method={options[METHOD_KEY]}: {task} sets its own adapter "
+            f"({required['adapter'] or 'none: every weight trains'}), which it needs."
+        )
     merged = load_yaml(BASE_RECIPE)
-    for layer in (task_cfg, hw_cfg, required, user):
+    for layer in (task_cfg, hw_cfg, method, required, user):
         merged = deep_merge(merged, layer)
     meta = merged.pop(META_KEY, {}) or {}
     config = merged
@@ -239,8 +257,9 @@ def compose(
         else:
             config["base_model"] = portable(embedded_model_dir())
 
-    if "adapter" in config and config["adapter"] is None:
-        # Full training (a task that needs it, or adapter=null): no LoRA settings left over.
+    if config.get("adapter") not in ("lora", "qlora"):
+        # Full training (a task that needs it, or adapter=null) or another method: no
+        # LoRA settings left over.
         config = {k: v for k, v in config.items() if not k.startswith("lora_")}
 
     if formats and meta.get("prompt"):
@@ -253,6 +272,8 @@ def compose(
         overrides_given[DATA_KEY] = user_data
     if data_size is not None:
         overrides_given[DATA_SIZE_KEY] = data_size
+    if options[METHOD_KEY]:
+        overrides_given[METHOD_KEY] = options[METHOD_KEY]
     return ComposedRecipe(task, hardware, config, meta, overrides_given)
 
 

@@ -35,6 +35,7 @@ from tuner.manifest import (
     write_manifest,
 )
 from tuner.options import parse_options, split_options
+from tuner.parameters import trained_weights
 from tuner.project import ROOT, portable, run_dir, runs_folder
 from tuner.recipes import RECIPE_OPTIONS, ComposedRecipe, compose
 from tuner.seeds import SEEDS_KEY, SEEDS_OPTIONS, seed_runs
@@ -79,13 +80,14 @@ def discard_incomplete_checkpoints(output_dir: Path) -> list[Path]:
     return incomplete
 
 
-def loss_history(output_dir: Path) -> list[tuple[int, float]]:
-    """(step, training loss) from the newest checkpoint's trainer state."""
+def loss_history(output_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) of a logged value, the training loss or `eval_loss`, from the
+    newest checkpoint's trainer state."""
     saved = checkpoints(output_dir)
     if not saved:
         return []
     state = json.loads((saved[-1] / "trainer_state.json").read_text())
-    return [(row["step"], float(row["loss"])) for row in state["log_history"] if "loss" in row]
+    return [(row["step"], float(row[key])) for row in state["log_history"] if key in row]
 
 
 def axolotl_env(recipe: ComposedRecipe) -> dict[str, str]:
@@ -308,8 +310,8 @@ def train_seeds(
 
 def finish_manifest(path: Path, manifest: dict, out: Path, seconds: float) -> None:
     """A completed run's manifest: the chat format the saved tokenizer carries (warned
-    about where it stops on a token other than its template's end of turn), the time
-    and the last logged loss."""
+    about where it stops on a token other than its template's end of turn), the time,
+    the last logged loss and what trained (parameters and bytes saved)."""
     saved = saved_chat(out)
     if saved.end_of_turn != saved.eos:
         console.print(
@@ -322,5 +324,8 @@ def finish_manifest(path: Path, manifest: dict, out: Path, seconds: float) -> No
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         wall_time_s=round(seconds, 1),
         final_loss=(loss_history(out) or [(None, None)])[-1][1],
+        trained_weights=weights.to_json()
+        if (weights := trained_weights(out, str(manifest["base_model"])))
+        else None,
     )
     write_manifest(path, manifest)

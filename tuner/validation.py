@@ -116,10 +116,28 @@ def _schema_fields() -> tuple[set[str], set[str]]:
     return names(AxolotlInputConfig), names(SFTDataset) | names(DPODataset)
 
 
+def plugin_fields(plugins: list[str]) -> set[str]:
+    """The config keys the named Axolotl plugins add (their input args)."""
+    import importlib
+
+    from axolotl.integrations.base import PluginManager
+
+    manager = PluginManager.get_instance()
+    fields: set[str] = set()
+    for name in plugins:
+        manager.register(name)
+        args = manager.plugins[name].get_input_args()
+        if args:
+            module, cls = args.rsplit(".", 1)
+            fields |= set(getattr(importlib.import_module(module), cls).model_fields)
+    return fields
+
+
 def unknown_keys(config: dict[str, Any]) -> list[Problem]:
     """Axolotl drops keys it does not know without a word; a typo then silently trains
     with the default. Report each with the nearest valid key."""
     top_fields, dataset_fields = _schema_fields()
+    top_fields = top_fields | plugin_fields(config.get("plugins") or [])
     problems = [_unknown(key, key, top_fields) for key in config if key not in top_fields]
     for index, entry in enumerate(config.get("datasets") or []):
         if isinstance(entry, dict):
@@ -300,7 +318,7 @@ def axolotl_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[P
     """Axolotl's own `validate_config`, given the target's capabilities instead of this
     machine's (so an A100 config is checked as on an A100, from a laptop)."""
     import torch
-    from axolotl.utils.config import validate_config
+    from axolotl.utils.config import prepare_plugins, validate_config
     from axolotl.utils.dict import DictDefault
 
     capabilities = (
@@ -314,6 +332,8 @@ def axolotl_checks(config: dict[str, Any], profile: GpuProfile | None) -> list[P
     # as exceptions.
     logging.disable(logging.WARNING)
     try:
+        # Registers the config's plugins, whose keys Axolotl's schema then includes.
+        prepare_plugins(DictDefault(_plain(config)))
         validate_config(
             DictDefault(_plain(config)),
             capabilities=capabilities,

@@ -4,7 +4,8 @@ output read back into the project's shape.
 Both models of a comparison get the same command but for the model: same harness,
 tasks, chat template (the tokenizer saved with the run, i.e. the template training
 used), seed, batch size, dtype and engine flags. The hf backend loads the adapter with
-`peft=`; vLLM runs the adapter merged into the base (see merge.py).
+`peft=`; vLLM runs the adapter merged into the base (see merge.py). A prompt-tuning
+adapter merges into no weights: it runs on the hf backend, for both models.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ class ModelUnderTest:
     pretrained: str
     tokenizer: str
     adapter: Path | None = None
+
+    @property
+    def mergeable(self) -> bool:
+        """No adapter, or one whose weights merge into the base's (LoRA). Prompt
+        tuning's virtual tokens are an input, not a change of weights."""
+        if self.adapter is None:
+            return True
+        from peft import PeftConfig
+
+        return not PeftConfig.from_pretrained(str(self.adapter)).is_prompt_learning
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,19 @@ def default_backend() -> str:
     return "vllm" if importlib.util.find_spec("vllm") else "hf"
 
 
-def check_backend(name: str) -> str:
-    """The name is one of BACKENDS (the option's converter says so); vLLM must be here."""
+def backend_for(requested: str | None, models: list[ModelUnderTest]) -> str:
+    """The backend asked for (one of BACKENDS: the option's converter says so), else
+    vLLM where installed; hf where a model's adapter cannot be merged for vLLM."""
+    unmergeable = [m for m in models if not m.mergeable]
+    if unmergeable:
+        if requested == "vllm":
+            raise TunerError(
+                f"backend=vllm: the adapter in {unmergeable[0].adapter} is prompt tuning, "
+                "whose virtual tokens merge into no weights vLLM can load. Use backend=hf "
+                "(its default), which runs it with PEFT."
+            )
+        return "hf"
+    name = requested or default_backend()
     if name == "vllm" and importlib.util.find_spec("vllm") is None:
         raise TunerError("backend=vllm: vLLM is not installed here; use backend=hf.")
     return name

@@ -35,8 +35,7 @@ from tuner.evaluate.harness import (
     BACKENDS,
     Engine,
     ModelUnderTest,
-    check_backend,
-    default_backend,
+    backend_for,
     harness_version,
     read_results,
     responses,
@@ -57,7 +56,9 @@ LABELS = ("base", "tuned")
 
 OPTIONS = {
     "limit": Option(positive_int, None, "documents per benchmark (all by default)"),
-    "backend": Option(choice(*BACKENDS), None, f"{'|'.join(BACKENDS)}; vllm where installed"),
+    "backend": Option(
+        choice(*BACKENDS), None, f"{'|'.join(BACKENDS)}; vllm where installed, hf for prompt tuning"
+    ),
     "variant": Option(
         choice(*VARIANTS), None, f"{'|'.join(VARIANTS)}; the overlay's, local on cpu"
     ),
@@ -350,11 +351,17 @@ def seed_models(
 def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console) -> Path:
     options = parse_options(option_pairs, OPTIONS, "eval")
     suite_name, suite, variant = suite_for(task, hardware, options["variant"], options["suite"])
-    backend = check_backend(options["backend"] or default_backend())
     config = run_config(task, hardware)
     bigcode_tasks = [b.task for b in suite.variant(variant).on("bigcode")]
     bigcode = harness_python(bigcode_tasks) if bigcode_tasks else None
     models = models_under_test(task, hardware, config, options["only"])
+    backend = backend_for(options["backend"], models)
+    if bigcode is not None and not all(model.mergeable for model in models):
+        raise TunerError(
+            f"The {suite_name} suite's code tasks ({', '.join(bigcode_tasks)}) run merged "
+            f"weights, and the prompt-tuning adapter of runs/{task}-{hardware} merges into "
+            "none. Evaluate it with a suite of lm-eval tasks (suite=NAME)."
+        )
     if options["template"] == "trained":
         check_chat_template(task, hardware, Path(models[0].tokenizer))
     engine = engine_for(config, backend)

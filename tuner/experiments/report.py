@@ -27,6 +27,7 @@ from tuner.significance import (
     summarize_cell,
 )
 
+CURVES = "training-loss.png"
 # (cell, seed) → TASK/METRIC → the metric as the run's evaluation wrote it.
 Measured = dict[tuple[str, int], dict[str, dict[str, Any]]]
 
@@ -175,36 +176,94 @@ def plot(metric: str, cells: list[CellSummary], path: Path) -> None:
     plt.close(figure)
 
 
-def training_seconds(run: Run) -> float | None:
+def training_record(run: Run) -> dict[str, Any]:
+    """What one run's training measured: its wall time, last training and evaluation
+    losses, and what it trained (the manifest's parameter counts and bytes saved)."""
+    from tuner.train import loss_history
+
     manifest = read_manifest(run.run_dir / "manifest.json") or {}
-    return manifest.get("wall_time_s")
+    evaluated = loss_history(run.run_dir, "eval_loss")
+    return {
+        "seed": run.seed,
+        "training_s": manifest.get("wall_time_s"),
+        "train_loss": manifest.get("final_loss"),
+        "eval_loss": evaluated[-1][1] if evaluated else None,
+        "weights": manifest.get("trained_weights"),
+    }
 
 
 def costs(runs: list[Run], plans: dict[str, Plan]) -> list[dict]:
-    """Per cell: the planner's peak memory at its band's upper edge, and the training
-    time each seed's run measured (its manifest's wall time)."""
+    """Per cell: the planner's peak memory at its band's upper edge, and what each
+    seed's training measured."""
     return [
         {
             "cell": cell,
             "planned_peak_gib": round(plan.upper_gib, 2),
             "planned_hours": plan.hours,
-            "training_s": [training_seconds(r) for r in runs if r.cell == cell],
+            "runs": [training_record(r) for r in runs if r.cell == cell],
         }
         for cell, plan in plans.items()
     ]
 
 
+def mean_of(records: list[dict], key: str) -> str:
+    values = [r[key] for r in records if r[key] is not None]
+    return f"{sum(values) / len(values):.4g}" if values else "—"
+
+
 def costs_markdown(rows: list[dict]) -> list[str]:
     lines = [
-        "## Memory and time",
+        "## Training",
         "",
-        "| cell | planned peak (GiB) | training time per seed (s) |",
-        "|---|---|---|",
+        "Per cell, the mean over its seeds; the trained parameters and bytes saved are the",
+        "first seed's (every seed trains the same shapes).",
+        "",
+        "| cell | planned peak (GiB) | time (s) | train loss | eval loss | trained "
+        "parameters | share of the base | saved (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        times = ", ".join("—" if t is None else f"{t:.0f}" for t in row["training_s"])
-        lines.append(f"| {row['cell']} | {row['planned_peak_gib']:.1f} | {times} |")
-    return [*lines, ""]
+        weights = next((r["weights"] for r in row["runs"] if r["weights"]), None) or {}
+        trained = weights.get("trainable_parameters")
+        fraction = weights.get("trainable_fraction")
+        saved = weights.get("saved_bytes")
+        lines.append(
+            f"| {row['cell']} | {row['planned_peak_gib']:.1f} | "
+            f"{mean_of(row['runs'], 'training_s')} | {mean_of(row['runs'], 'train_loss')} | "
+            f"{mean_of(row['runs'], 'eval_loss')} | "
+            f"{'—' if trained is None else f'{trained:,}'} | "
+            f"{'—' if fraction is None else f'{fraction:.3%}'} | "
+            f"{'—' if saved is None else f'{saved / 1e6:.3g}'} |"
+        )
+    return [*lines, "", f"![training loss]({CURVES})", ""]
+
+
+def plot_curves(runs: list[Run], path: Path) -> None:
+    """Every run's training loss against its step, one colour per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tuner.train import loss_history
+
+    cells = list(dict.fromkeys(run.cell for run in runs))
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for run in runs:
+        history = loss_history(run.run_dir)
+        if history:
+            steps, losses = zip(*history, strict=True)
+            colour = f"C{cells.index(run.cell)}"
+            axes.plot(steps, losses, color=colour, alpha=0.8, linewidth=1)
+    for index, cell in enumerate(cells):
+        axes.plot([], [], color=f"C{index}", label=cell)
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.set_title("training loss, one line per seed")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def write_report(
@@ -249,6 +308,7 @@ def write_report(
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for metric in grid.metrics:
         plot(metric, cells, out / plot_name(metric))
+    plot_curves(runs, out / CURVES)
     path = out / "report.md"
     text = markdown(name, hardware, experiment, grid, cells, tested)
     sections = criteria_markdown(checks) + costs_markdown(spent)
