@@ -1,11 +1,15 @@
 """The data path end to end with the embedded model: `prefs` answering and judging
 through vLLM's CPU build, the dpo recipe trained on those pairs on top of a short SFT
-run, re-pairing without sampling again, and the report over all of it."""
+run, re-pairing without sampling again, and the report over all of it; then the
+micro-judge trained, its agreement with held-out judge scores, and `prefs` scoring the
+same answers with it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -143,3 +147,61 @@ def test_report_renders_every_run_with_its_plots_and_the_preference_statistics(p
     data = json.loads((runs / "report" / "report.json").read_text())
     entries = {entry["run"]: entry for entry in data["runs"]}
     assert len(entries["dpo-cpu"]["loss"]) == 8 and len(entries["instruction-cpu"]["loss"]) == 2
+
+
+@pytest.fixture(scope="module")
+def micro_judge(pipeline) -> Path:
+    """The micro-judge trained on the local pairs for one epoch (35 steps of two)."""
+    done = run_tuner("train", "micro-judge", "cpu", "max_steps=35", runs=pipeline["runs"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    return pipeline["runs"] / "micro-judge-cpu"
+
+
+def test_the_micro_judge_predicts_held_out_judge_scores_better_than_a_constant(
+    pipeline, micro_judge
+):
+    """Held-out pairs (prompts it did not train on, scored 1-10): the error of its
+    scores, mapped onto the judge's scale, against the judge's mean, answer by answer;
+    the rank correlation recomputed from the scores it logged."""
+    from scipy.stats import spearmanr
+
+    done = run_infer("eval", "micro-judge", "cpu", "only=tuned", runs=pipeline["runs"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    tuned = micro_judge / "eval" / "tuned"
+    metrics = json.loads((tuned / "results.json").read_text())["tasks"]["heldout_agreement"]
+    metrics = metrics["metrics"]
+    mapped, constant = metrics["mae"]["per_sample"], metrics["mae_constant"]["per_sample"]
+    gains = [constant[answer] - mapped[answer] for answer in mapped]
+    assert len(gains) == 48
+    assert statistics.fmean(gains) > 2 * statistics.stdev(gains) / len(gains) ** 0.5
+    assert metrics["pairwise_accuracy"]["value"] > 0.5
+    fixture = ROOT / "evaluate" / "fixtures" / "micro-judge-heldout.jsonl"
+    rows = [json.loads(line) for line in fixture.read_text().splitlines()]
+    logged = (tuned / "agreement" / "heldout_agreement.jsonl").read_text().splitlines()
+    model = [score for line in logged for score in json.loads(line)["scores"]]
+    judge = [row[key] for row in rows for key in ("score_chosen", "score_rejected")]
+    rho = spearmanr(model, judge).statistic
+    spearman = metrics["spearman"]
+    assert spearman["value"] == pytest.approx(rho) and rho > 0
+    assert spearman["low"] < rho < spearman["high"]
+
+
+def test_prefs_scores_the_same_answers_with_the_micro_judge(pipeline, prefs, micro_judge):
+    """`scorer=rm:RUN` on a copy of the judged prefs: the answers are reused, only the
+    scores are new, and the pairs follow the micro-judge's ranking."""
+    rescored = pipeline["data"] / "prefs-micro-judge"
+    shutil.copytree(prefs[0], rescored)
+    answers = rescored / "work" / "candidates-0.jsonl"
+    written = answers.stat().st_mtime_ns
+    scorer = f"scorer=rm:{micro_judge}"
+    conversations = str(pipeline["data"] / "conversations.jsonl")
+    args = [conversations, "samples=3", "max_tokens=64", "min_margin=0", scorer]
+    done = run_infer("prefs", *args, f"out={rescored}", data=pipeline["data"])
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert answers.stat().st_mtime_ns == written
+    stats = json.loads((rescored / "stats.json").read_text())
+    assert stats["scorer"] == f"rm:{micro_judge}" and stats["pairs"] >= 1
+    for pair in read_records(rescored / "pairs.jsonl", PreferencePair):
+        scores = {c["text"]: c["score"] for c in pair.meta["candidates"]}
+        assert scores[pair.chosen.content] == max(scores.values())
+        assert pair.meta["scorer"] == f"rm:{micro_judge}"

@@ -216,6 +216,17 @@ class Training:
     # torchtune's activation offloading: saved activations wait in CPU memory.
     activation_offloading: bool = False
     virtual_tokens: int = 0  # prompt tuning's, included in sequence_len
+    # A sequence-classification reward model (`reward_model: true`): every row is a
+    # chosen and a rejected sequence, and its head gives one score per token, not V logits.
+    reward_model: bool = False
+
+    @property
+    def sequences_per_row(self) -> int:
+        return 2 if self.preference or self.reward_model else 1
+
+    def head_outputs(self, arch: Architecture) -> int:
+        """Outputs per token of the model's head: the vocabulary's logits, or one score."""
+        return 1 if self.reward_model else arch.vocab
 
     @property
     def prompt_tuning(self) -> bool:
@@ -256,6 +267,7 @@ class Training:
             foreach_optimizer=optimizer in ("adamw_torch", "adam_torch", "adamw_hf"),
             master_weights=bool(deepspeed),
             virtual_tokens=virtual,
+            reward_model=bool(config.get("reward_model")),
         )
 
     @property
@@ -410,7 +422,8 @@ def peak_phase(arch: Architecture, training: Training) -> tuple[str, dict[str, f
     activations, logits and the optimizer step's temporaries (see the module's doc)."""
     shards, split = shards_of(training)
     p = training.precision_bytes
-    tokens = training.micro_batch * (2 if training.preference else 1) * training.sequence_len
+    tokens = training.micro_batch * training.sequences_per_row * training.sequence_len
+    head = training.head_outputs(arch)
     tensors = trainable_tensors(arch, training)
     trainable = sum(n * k for n, k in tensors)
     gradient_bytes = 2.0 if training.master_weights else trainable_bytes(training)
@@ -424,7 +437,7 @@ def peak_phase(arch: Architecture, training: Training) -> tuple[str, dict[str, f
     else:
         saved = tokens * arch.layers * per_layer
     recomputed = tokens * per_layer if training.gradient_checkpointing else 0.0
-    forward_loss, backward_loss = (tokens * arch.vocab * b for b in loss_bytes_per_logit(training))
+    forward_loss, backward_loss = (tokens * head * b for b in loss_bytes_per_logit(training))
     step = 0.0
     if training.foreach_optimizer and not training.optimizer_in_backward:
         step = state_bytes(training) / 2 * trainable / (split if "optimizer" in shards else 1)
@@ -445,7 +458,7 @@ def peak_phase(arch: Architecture, training: Training) -> tuple[str, dict[str, f
         added["dequantized"] = p * max(i * o for i, o in arch.linear_shapes().values())
     chunked = training.chunked_loss or training.chunked_upcast
     added["allocator"] = (
-        tokens * arch.vocab * 4.0 if not chunked else recomputed or saved / arch.layers
+        tokens * head * 4.0 if not chunked else recomputed or saved / arch.layers
     )
     return phase, added
 

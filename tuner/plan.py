@@ -147,7 +147,7 @@ def steps_and_tokens(config: dict[str, Any], workload: Workload, gpus: int) -> t
 
 
 def flops_per_token(arch: Architecture, training: Training, sequence: float) -> float:
-    forward = 2.0 * (arch.linear_params + arch.vocab * arch.hidden)
+    forward = 2.0 * (arch.linear_params + training.head_outputs(arch) * arch.hidden)
     forward += 2.0 * arch.layers * sequence * arch.hidden
     passes = 2.0 if training.adapter else 3.0
     if training.gradient_checkpointing:

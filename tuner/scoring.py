@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -82,6 +83,25 @@ def expected_score(completion: Completion, scale: int) -> float:
     return parse_score(completion.text)
 
 
+def load_reward_model(path: str, device: str) -> tuple[Any, Any]:
+    """The tokenizer and the model; a LoRA reward model (the micro-judge) as its base
+    with the adapter and the score head it trained, merged."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dtype = torch.bfloat16 if device == "cuda" else None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForSequenceClassification
+
+        loaded = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype
+        )
+        return tokenizer, loaded.merge_and_unload().to(device)
+    loaded = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    return tokenizer, loaded.to(device)
+
+
 def parse_score(text: str) -> float:
     try:
         return float(json.loads(text)["score"])
@@ -92,20 +112,25 @@ def parse_score(text: str) -> float:
 
 
 class RewardModelScorer:
-    """A sequence-classification reward model (e.g. Skywork-Reward, ArmoRM): the
-    logit of the conversation with the response as the assistant's turn."""
+    """A sequence-classification reward model (e.g. Skywork-Reward, ArmoRM, or a
+    micro-judge run folder): the logit of the conversation with the response as the
+    assistant's turn."""
 
     def __init__(self, model: str) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"rm:{model}"
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(model), num_labels=1, dtype=torch.bfloat16 if device == "cuda" else None
-        ).to(device)
+        path = resolve_model(model)
+        try:
+            self.tokenizer, self.model = load_reward_model(path, device)
+        except OSError as problem:
+            raise TunerError(
+                f"rm:{model}: no reward model there, neither a folder here nor one the Hub "
+                f"serves ({str(problem).splitlines()[0]}). Name a run folder such as "
+                "runs/micro-judge-HW (`just train micro-judge HW` writes it) or a hub id."
+            ) from None
         self.model.eval()
 
     def score(self, prompts: list[Prompt], responses: list[list[str]]) -> list[list[float]]:

@@ -1,7 +1,9 @@
-"""Scoring open-ended answers with an LLM judge after lm-eval has generated them: the
-preference stage's judge (rubric, JSON-schema answer, expected score over the digits,
-see generate/judge.yaml), loaded once for every model being compared, so base and
-tuned answers are graded by the same judge in the same batch."""
+"""Scoring open-ended answers with a judge after lm-eval has generated them, loaded
+once for every model being compared, so base and tuned answers are graded by the same
+judge in the same batch. The judge is the preference stage's LLM judge (rubric,
+JSON-schema answer, expected score over the digits, see generate/judge.yaml), or with
+`rm:MODEL` a reward model such as the micro-judge, whose scores are its logits: on no
+fixed scale, comparable between the models it graded."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from rich.console import Console
 from tuner.errors import TunerError
 from tuner.evaluate.suites import Judge, rubric_text
 from tuner.generate.backends import ModelSlot
-from tuner.scoring import JudgeScorer, load_judge_settings
+from tuner.scoring import JudgeScorer, RewardModelScorer, load_judge_settings
 
 
 def judge_answers(
@@ -38,8 +40,12 @@ def judge_answers(
     prompts = [[{"role": "user", "content": by_doc[d]["doc"][judge.field]}] for d in doc_ids]
     graded = [[by_doc[d]["texts"].get(label, "") for label in labels] for d in doc_ids]
     slot = ModelSlot(seed)
+    if judge.model.startswith("rm:"):
+        scorer: JudgeScorer | RewardModelScorer = RewardModelScorer(judge.model[3:])
+    else:
+        scorer = JudgeScorer(slot, judge.model, settings)
     with console.status(f"Judging {sum(map(len, graded))} answers with {judge.model}…"):
-        scores = JudgeScorer(slot, judge.model, settings).score(prompts, graded)
+        scores = scorer.score(prompts, graded)
     slot.release()
     return {
         label: {

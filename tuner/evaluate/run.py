@@ -27,6 +27,7 @@ from rich.console import Console
 
 from tuner.chat import saved_template
 from tuner.errors import TunerError
+from tuner.evaluate.agreement import run_agreement
 from tuner.evaluate.behaviour import add_behaviour
 from tuner.evaluate.bigcode import bigcode_version, harness_python, run_bigcode
 from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
@@ -67,6 +68,12 @@ OPTIONS = {
         choice(*suite_names()),
         None,
         "another suite of evaluate/suites/ (e.g. zero-cost), into eval-SUITE/; the task's own",
+    ),
+    "judge": Option(
+        str,
+        None,
+        "the judge of the suite's judged tasks: a model for vLLM, or rm:RUN_OR_MODEL, a "
+        "reward model (e.g. rm:runs/micro-judge-cpu); the suite's own",
     ),
     **SEEDS_OPTIONS,
     "template": Option(
@@ -282,6 +289,8 @@ def evaluate_model(
     tasks = read_results(folders)
     add_diversity(tasks, folders)
     add_behaviour(tasks, folders)
+    if agreement := chosen.on("agreement"):
+        tasks |= run_agreement(model, agreement, run_settings, out / "agreement")
     if bigcode is not None:
         code_tasks = [b.task for b in chosen.on("bigcode")]
         whole = merged(model, engine, eval_dir, console)
@@ -295,19 +304,27 @@ def evaluate_model(
     }
 
 
+def graded_by(result: dict[str, Any], task: str) -> dict[str, Any] | None:
+    """The judge whose scores of `task`'s answers `result` holds; None if none."""
+    score = result["tasks"].get(task, {}).get("metrics", {}).get("judge_score")
+    return score["judge"] if score else None
+
+
 def add_judge_scores(
     evaluated: list[tuple[Path, dict[str, Any]]], suite: Suite, variant: str, console: Console
 ) -> None:
     """Judge scores for every model's answers, `evaluated` as (eval folder, results); all
     the models in one batch, so that one judge grades them alike."""
     chosen = suite.variant(variant)
+    judge = chosen.judge.model_dump() if chosen.judge else None
     for benchmark in (b for b in chosen.benchmarks if b.judge):
+        # Judged again where another judge graded them (`judge=`): lm-eval's answers stay.
         pending = {
             str(number): responses(
                 [folder / result["label"] / f for f in result["folders"]], benchmark.task
             )
             for number, (folder, result) in enumerate(evaluated)
-            if "judge_score" not in result["tasks"].get(benchmark.task, {}).get("metrics", {})
+            if graded_by(result, benchmark.task) != judge
         }
         if not pending:
             continue
@@ -320,7 +337,7 @@ def add_judge_scores(
                 "stderr": mean_stderr(values),
                 "higher_is_better": True,
                 "per_sample": by_doc,
-                "judge": chosen.judge.model_dump(),
+                "judge": judge,
             }
 
 
@@ -351,6 +368,8 @@ def seed_models(
 def evaluate(task: str, hardware: str, option_pairs: list[str], console: Console) -> Path:
     options = parse_options(option_pairs, OPTIONS, "eval")
     suite_name, suite, variant = suite_for(task, hardware, options["variant"], options["suite"])
+    if options["judge"] is not None:
+        suite = suite.judged_by(variant, options["judge"])
     config = run_config(task, hardware)
     bigcode_tasks = [b.task for b in suite.variant(variant).on("bigcode")]
     bigcode = harness_python(bigcode_tasks) if bigcode_tasks else None

@@ -31,21 +31,28 @@ class Strict(BaseModel):
 
 class Benchmark(Strict):
     """One task of a harness: lm-eval (a harness task by name, or one of the project's
-    in evaluate/tasks/) or bigcode-evaluation-harness (its task name, e.g. humanevalplus;
-    its prompts are fixed, so no few-shot count and no judge)."""
+    in evaluate/tasks/), bigcode-evaluation-harness (its task name, e.g. humanevalplus;
+    its prompts are fixed, so no few-shot count and no judge), or `agreement`: a
+    reward model's agreement with the judge that scored the pairs in `data`
+    (tuner/evaluate/agreement.py)."""
 
     task: str
-    harness: Literal["lm-eval", "bigcode"] = "lm-eval"
+    harness: Literal["lm-eval", "bigcode", "agreement"] = "lm-eval"
     num_fewshot: int | None = Field(default=None, ge=0)
     # Its answers are scored by the variant's judge after lm-eval has run.
     judge: bool = False
+    # agreement: the scored pairs, a JSONL file of the repository or a hub dataset.
+    data: str | None = None
+    split: str = "train"
 
     @model_validator(mode="after")
-    def bigcode_takes_no_lm_eval_settings(self) -> Benchmark:
-        if self.harness == "bigcode" and (self.num_fewshot is not None or self.judge):
+    def settings_of_its_harness(self) -> Benchmark:
+        if self.harness != "lm-eval" and (self.num_fewshot is not None or self.judge):
             raise ValueError(
-                f"{self.task}: a bigcode benchmark takes neither num_fewshot nor judge"
+                f"{self.task}: a {self.harness} benchmark takes neither num_fewshot nor judge"
             )
+        if (self.harness == "agreement") != (self.data is not None):
+            raise ValueError(f"{self.task}: `data:` is for agreement benchmarks, which need it")
         return self
 
 
@@ -85,6 +92,17 @@ class Suite(Strict):
 
     def variant(self, name: str) -> Variant:
         return self.full if name == "full" else self.local
+
+    def judged_by(self, variant: str, model: str) -> Suite:
+        """The suite with `model` as its variant's judge, rubric and field kept."""
+        chosen = self.variant(variant)
+        if chosen.judge is None:
+            raise TunerError(
+                f"judge={model}: the {variant} variant of this suite judges no task; the "
+                "judged suites are those whose benchmarks say `judge: true` (chat, creative)."
+            )
+        judge = chosen.judge.model_copy(update={"model": model})
+        return self.model_copy(update={variant: chosen.model_copy(update={"judge": judge})})
 
 
 def suite_names() -> list[str]:
@@ -155,7 +173,9 @@ def definitions_digest(suite: str) -> str:
     code. Base and tuned results are comparable only when it is the same."""
     digest = hashlib.sha256()
     # The proxy tasks' items and the behavioural metrics are made by code.
-    code = [ROOT / "tuner" / "evaluate" / name for name in ("proxy.py", "behaviour.py")]
+    code = [
+        ROOT / "tuner" / "evaluate" / name for name in ("proxy.py", "behaviour.py", "agreement.py")
+    ]
     files = [SUITES_DIR / f"{suite}.yaml", *code]
     for folder in (TASKS_DIR, FIXTURES_DIR, RUBRICS_DIR):
         files += sorted(
