@@ -134,9 +134,9 @@ def trains_a_base_model(task: str) -> bool:
 def sft_cases() -> list[Any]:
     cases = []
     for task in task_names():
-        # dpo's pairs are below; pretrain trains every turn on one tokenizer
-        # (test_pretrain.py).
-        if task in ("dpo", "pretrain"):
+        # dpo's and micro-judge's pairs are below; pretrain trains every turn on one
+        # tokenizer (test_pretrain.py).
+        if task in ("dpo", "micro-judge", "pretrain"):
             continue
         default = load_task(task)["base_model"]
         cases.append(pytest.param(task, default, (), id=f"{task}-{default.split('/')[-1]}"))
@@ -265,6 +265,32 @@ def test_preference_pairs_end_with_the_sft_runs_end_of_turn(tmp_path: Any) -> No
     pair = transform(rows("dpo")[0], tokenizer=tokenizer)
     for answer in (pair["chosen"], pair["rejected"]):
         assert answer.endswith(tokenizer.eos_token) and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_the_micro_judge_trains_on_the_tokens_its_scorer_reads() -> None:
+    """Axolotl's Bradley-Terry tokens of a pair, with and without a system turn, are
+    the ones RewardModelScorer (`scorer=rm:`) gives the same answers to score."""
+    from axolotl.prompt_strategies import load
+
+    recipe = composed("micro-judge", "HuggingFaceTB/SmolLM2-135M-Instruct", ())
+    cfg = axolotl_config(recipe.config)
+    tokenizer = axolotl_tokenizer(cfg)
+    strategy = load(cfg.datasets[0].type, tokenizer, cfg, cfg.datasets[0])
+    ultrafeedback = rows("micro-judge")[0]
+    project = {
+        "messages": [{"role": "system", "content": "Be brief."}, ultrafeedback["chosen"][0]],
+        "chosen": ultrafeedback["chosen"][-1],
+        "rejected": ultrafeedback["rejected"][-1],
+    }
+    for row, prompt in (
+        (ultrafeedback, ultrafeedback["chosen"][:1]),
+        (project, project["messages"]),
+    ):
+        sample = strategy.tokenize_prompt(row)
+        for side in ("chosen", "rejected"):
+            answer = row[side][-1] if isinstance(row[side], list) else row[side]
+            text = tokenizer.apply_chat_template([*prompt, answer], tokenize=False)
+            assert sample[f"{side}_ids"] == tokenizer(text).input_ids, text
 
 
 def test_a_merged_model_stops_on_its_tokenizers_end_of_turn(tmp_path: Any) -> None:

@@ -40,7 +40,10 @@ def test_every_local_benchmark_is_a_project_task_on_local_data():
         config = yaml.safe_load(path.read_text().replace("!function", ""))
         defined[config["task"]] = config
     for name in suites.suite_names():
-        for benchmark in suites.load_suite(name).local.benchmarks:
+        local = suites.load_suite(name).local
+        for benchmark in local.on("agreement"):
+            assert (suites.ROOT / str(benchmark.data)).is_file(), (name, benchmark.data)
+        for benchmark in local.on("lm-eval"):
             assert benchmark.task in defined, (name, benchmark.task)
             files = (defined[benchmark.task].get("dataset_kwargs") or {}).get("data_files")
             if files:
@@ -60,7 +63,7 @@ def test_lm_eval_knows_every_benchmark_of_every_suite():
     known, own = map(set, infer_json(script))
     for name in suites.suite_names():
         suite = suites.load_suite(name)
-        for benchmark in suite.full.on("lm-eval") + suite.local.benchmarks:
+        for benchmark in suite.full.on("lm-eval") + suite.local.on("lm-eval"):
             assert benchmark.task in known, (name, benchmark.task)
     # What the harness takes for the project's tasks is what lm-eval finds in its folder.
     assert suites.project_tasks() == own

@@ -23,6 +23,19 @@ def test_eval_of_a_judged_suite_scores_answers_with_the_judge(runs):
     assert judged["stderr"] is not None and judged["judge"]["rubric"] == "creative"
     assert not (runs / "creative-cpu/eval/comparison.json").exists()
 
+    # Another judge, a reward model (the embedded model's fresh score head: plumbing):
+    # the same answers, graded again.
+    again = run_infer(
+        "eval", "creative", "cpu", "only=base", "limit=2", "judge=rm:embedded", runs=runs
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "reusing its results" in again.stdout + again.stderr
+    rejudged = json.loads((runs / "creative-cpu/eval/base/results.json").read_text())
+    rejudged = rejudged["tasks"]["tuner_creative"]["metrics"]["judge_score"]
+    assert rejudged["judge"]["model"] == "rm:embedded"
+    assert rejudged["per_sample"].keys() == judged["per_sample"].keys()
+    assert rejudged["per_sample"] != judged["per_sample"]
+
 
 def test_eval_of_the_code_suite_runs_the_answers_in_the_sandbox(runs):
     done = run_infer("eval", "code", "cpu", "only=base", "limit=2", "backend=hf", runs=runs)

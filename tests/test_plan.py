@@ -221,7 +221,7 @@ def test_plan_all_prints_every_pair_in_seconds():
     assert done.returncode == 0, done.stderr
     for task in ("chat", "code", "tool-use", "summarization"):
         assert task in done.stdout
-    assert done.stdout.count("✓") + done.stdout.count("✗") == 55
+    assert done.stdout.count("✓") + done.stdout.count("✗") == 60
 
 
 def test_plan_names_what_is_wrong_with_its_input():

@@ -19,12 +19,12 @@ from tuner.recipes import (
 
 TASKS = [
     "chat", "code", "creative", "dpo", "instruction",
-    "legal", "math", "medical", "pretrain", "summarization", "tool-use",
+    "legal", "math", "medical", "micro-judge", "pretrain", "summarization", "tool-use",
 ]  # fmt: skip
 HARDWARE = ["4090x8", "a100", "cpu", "dgx-spark", "t4"]
 
 
-def test_eleven_tasks_and_five_targets_are_shipped():
+def test_twelve_tasks_and_five_targets_are_shipped():
     assert task_names() == TASKS
     assert hardware_names() == HARDWARE
 

@@ -457,9 +457,7 @@ def peak_phase(arch: Architecture, training: Training) -> tuple[str, dict[str, f
     if training.weight_bits < 16 and phase != "optimizer step":
         added["dequantized"] = p * max(i * o for i, o in arch.linear_shapes().values())
     chunked = training.chunked_loss or training.chunked_upcast
-    added["allocator"] = (
-        tokens * head * 4.0 if not chunked else recomputed or saved / arch.layers
-    )
+    added["allocator"] = tokens * head * 4.0 if not chunked else recomputed or saved / arch.layers
     return phase, added
 
 

@@ -66,4 +66,8 @@ class PreferenceRowsStrategy(BTChatTemplateStrategy):
 def load(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any] | None = None) -> PreferenceRowsStrategy:
     strategy = load_bt(tokenizer, cfg, ds_cfg)
     strategy.__class__ = PreferenceRowsStrategy
+    # The Bradley-Terry strategy puts a non-empty `system` into the turns itself; its
+    # chat-template base would also render the row's `system` key as a turn, even an
+    # empty one, which scoring (tuner/scoring.py) never sees. Rows have no such key.
+    strategy.prompter.field_system = "system turn: in the messages"
     return strategy

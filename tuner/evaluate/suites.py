@@ -124,6 +124,11 @@ def load_suite(name: str) -> Suite:
         suite = Suite.model_validate(raw)
     except ValidationError as problem:
         raise TunerError(f"{path}: {validation_problems(problem)}") from None
+    if hub := [b.data for b in suite.local.on("agreement") if not (ROOT / str(b.data)).is_file()]:
+        raise TunerError(
+            f"{path}: local reads {', '.join(map(str, hub))}, not files of the repository; "
+            "the local variant runs offline, on files such as evaluate/fixtures/*.jsonl."
+        )
     if bigcode := [b.task for b in suite.local.on("bigcode")]:
         raise TunerError(
             f"{path}: local names bigcode benchmarks ({', '.join(bigcode)}); the local "
