@@ -29,7 +29,7 @@ def test_every_local_benchmark_runs_and_reports_every_metric(tiny_model, tmp_pat
     of the command `just eval` builds (hf backend, chat template): each reports a number
     for each of its metrics. test_demo.py and test_judged_and_code_suites.py run
     suites whole through `just eval`."""
-    tasks = sorted({b.task for name in suite_names() for b in load_suite(name).local.benchmarks})
+    tasks = sorted({b.task for name in suite_names() for b in load_suite(name).local.on("lm-eval")})
     settings = load_suite("instruction").settings.model_copy(update={"limit": 1})
     model = str(tiny_model)
     command = lm_eval_command(

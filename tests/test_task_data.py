@@ -138,5 +138,6 @@ def test_own_records_given_with_data_are_read_by_axolotl(offline, tmp_path):
 
 
 def test_every_task_is_covered():
-    # dpo's pairs are read above; pretrain's every-token data path is in test_pretrain.py.
-    assert sorted([*ANSWERS, "dpo", "pretrain"]) == task_names()
+    # dpo's pairs are read above; pretrain's every-token data path is in test_pretrain.py;
+    # micro-judge's pairs, tokenised as its scorer reads them, in test_chat_format.py.
+    assert sorted([*ANSWERS, "dpo", "micro-judge", "pretrain"]) == task_names()

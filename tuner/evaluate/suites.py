@@ -87,6 +87,9 @@ class Settings(Strict):
 class Suite(Strict):
     description: str
     settings: Settings = Settings()
+    # Suites whose benchmarks come first, each variant's in the same variant; the judge
+    # and settings stay this suite's.
+    includes: list[str] = []
     full: Variant
     local: Variant
 
@@ -109,7 +112,21 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def load_suite(name: str) -> Suite:
+def with_included(suite: Suite, path: Path, seen: frozenset[str]) -> Suite:
+    """`suite` with the benchmarks of the suites it includes before its own."""
+    variants = {}
+    for variant in VARIANTS:
+        own = suite.variant(variant)
+        included = []
+        for name in suite.includes:
+            if name in seen:
+                raise TunerError(f"{path}: includes {name}, which includes it back.")
+            included += load_suite(name, seen).variant(variant).benchmarks
+        variants[variant] = own.model_copy(update={"benchmarks": included + own.benchmarks})
+    return suite.model_copy(update=variants)
+
+
+def load_suite(name: str, seen: frozenset[str] = frozenset()) -> Suite:
     path = SUITES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise TunerError(
@@ -124,6 +141,7 @@ def load_suite(name: str) -> Suite:
         suite = Suite.model_validate(raw)
     except ValidationError as problem:
         raise TunerError(f"{path}: {validation_problems(problem)}") from None
+    suite = with_included(suite, path, seen | {name})
     if hub := [b.data for b in suite.local.on("agreement") if not (ROOT / str(b.data)).is_file()]:
         raise TunerError(
             f"{path}: local reads {', '.join(map(str, hub))}, not files of the repository; "
@@ -181,7 +199,8 @@ def definitions_digest(suite: str) -> str:
     code = [
         ROOT / "tuner" / "evaluate" / name for name in ("proxy.py", "behaviour.py", "agreement.py")
     ]
-    files = [SUITES_DIR / f"{suite}.yaml", *code]
+    included = load_suite(suite).includes
+    files = [SUITES_DIR / f"{name}.yaml" for name in (suite, *included)] + code
     for folder in (TASKS_DIR, FIXTURES_DIR, RUBRICS_DIR):
         files += sorted(
             p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts

@@ -13,6 +13,7 @@ from rich.console import Console
 from tuner.errors import TunerError
 from tuner.experiments.criteria import check_cells, criteria_markdown
 from tuner.experiments.spec import Experiment, Grid, Run, experiment_dir
+from tuner.experiments.validity import HEATMAP, correlate, correlations_markdown, plot_heatmap
 from tuner.manifest import read_manifest
 from tuner.plan import Plan
 from tuner.significance import (
@@ -32,9 +33,9 @@ CURVES = "training-loss.png"
 Measured = dict[tuple[str, int], dict[str, dict[str, Any]]]
 
 
-def run_metrics(run: Run) -> dict[str, dict[str, Any]]:
+def run_metrics(run: Run, task: str, grid: Grid) -> dict[str, dict[str, Any]]:
     """TASK/METRIC → the metric as the run's evaluation wrote it."""
-    path = run.run_dir / "eval" / "tuned" / "results.json"
+    path = run.results_path(task, grid)
     if not path.is_file():
         raise TunerError(f"{path} is missing: run the experiment again to evaluate that run.")
     results = json.loads(path.read_text())
@@ -115,7 +116,9 @@ def markdown(
     tested: list[ComparisonResult],
 ) -> str:
     lines = [f"# {name} on {hardware}", "", experiment.description, ""]
-    for metric in grid.metrics:
+    if grid.note:
+        lines += [f"At this scale: {grid.note}", ""]
+    for metric in grid.reported_metrics:
         lines += [
             f"## {metric}",
             "",
@@ -275,8 +278,8 @@ def write_report(
     plans: dict[str, Plan],
     console: Console,
 ) -> Path:
-    measured = {run.key: run_metrics(run) for run in runs}
-    cells = summaries(grid.metrics, runs, measured)
+    measured = {run.key: run_metrics(run, experiment.task, grid) for run in runs}
+    cells = summaries(grid.reported_metrics, runs, measured)
     tested = comparisons(grid, runs, measured)
     folders: dict[str, list[Path]] = {}
     for run in runs:
@@ -296,7 +299,7 @@ def write_report(
                 "values": run.values,
                 "seed": run.seed,
                 "folder": str(run.run_dir),
-                "metrics": {m: measured[run.key][m]["value"] for m in grid.metrics},
+                "metrics": {m: measured[run.key][m]["value"] for m in grid.reported_metrics},
             }
             for run in runs
         ],
@@ -305,13 +308,21 @@ def write_report(
         "criteria": [check.to_json() for check in checks],
         "comparisons": [result.to_json() for result in tested],
     }
+    related = []
+    if grid.correlations:
+        models = [measured[run.key] for run in runs]
+        related = correlate(grid.correlations.zero_cost, grid.correlations.costly, models, 0)
+        results["correlations"] = [r.to_json() for r in related]
+        plot_heatmap(related, out / HEATMAP)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    for metric in grid.metrics:
+    for metric in grid.reported_metrics:
         plot(metric, cells, out / plot_name(metric))
     plot_curves(runs, out / CURVES)
     path = out / "report.md"
     text = markdown(name, hardware, experiment, grid, cells, tested)
     sections = criteria_markdown(checks) + costs_markdown(spent)
+    if related:
+        sections = correlations_markdown(related) + sections
     path.write_text(text + "\n" + "\n".join(sections))
     for result in tested:
         console.print(

@@ -172,7 +172,7 @@ def finished(run: Run, task: str, hardware: str, grid: Grid) -> bool:
     prepared tier written again from a changed input differs), and evaluated with the
     grid's evaluation options: a changed grid, override or data runs it again."""
     manifest = read_manifest(run.run_dir / "manifest.json") or {}
-    results_path = run.run_dir / "eval" / "tuned" / "results.json"
+    results_path = run.results_path(task, grid)
     if manifest.get("status") != "completed" or not results_path.is_file():
         return False
     with runs_folder(run.folder):

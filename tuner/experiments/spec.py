@@ -76,21 +76,44 @@ class Prepare(BaseModel):
     filter: FilterStep
 
 
+class Correlations(BaseModel):
+    """The validity study's question (tuner/experiments/validity.py): how well each
+    zero-cost metric ranks the grid's models as each costly one does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zero_cost: list[str] = Field(min_length=1)
+    costly: list[str] = Field(min_length=1)
+
+
 class Grid(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # What this scale is, printed under the description (a cpu scale: what it stands for).
+    note: str | None = None
 
     # variable → value name → the overrides that value stands for.
     variables: dict[str, dict[str, dict[str, Any]]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
-    # TASK/METRIC as lm-eval names them, e.g. tuner_perplexity_chat/word_perplexity.
-    metrics: list[str] = Field(min_length=1)
+    # TASK/METRIC as lm-eval names them, e.g. tuner_perplexity_chat/word_perplexity;
+    # the correlations' metrics are reported too, without being listed here.
+    metrics: list[str] = []
     overrides: dict[str, Any] = {}
     # `just eval` options every cell is evaluated with (limit, backend, variant).
     eval: dict[str, Any] = {}
     comparisons: list[Comparison] = []
     criteria: Criteria = Criteria()
+    correlations: Correlations | None = None
     budget: Budget = Budget()
     prepare: Prepare | None = None
+
+    @property
+    def reported_metrics(self) -> list[str]:
+        """`metrics`, then those of the correlations not among them."""
+        correlated = (
+            [*self.correlations.zero_cost, *self.correlations.costly] if self.correlations else []
+        )
+        return list(dict.fromkeys([*self.metrics, *correlated]))
 
     @model_validator(mode="after")
     def comparisons_name_values(self) -> Grid:
@@ -111,8 +134,10 @@ class Grid(BaseModel):
                         f"comparison names {comparison.variable}={side}; its values are "
                         f"{', '.join(values)}"
                     )
+        if not self.reported_metrics:
+            raise ValueError("metrics: name at least one TASK/METRIC to report")
         for metric in [*self.criteria.below, *self.criteria.above]:
-            if metric not in self.metrics:
+            if metric not in self.reported_metrics:
                 raise ValueError(f"criteria name {metric}, which is not among the metrics")
         return self
 
@@ -163,6 +188,14 @@ class Run:
     @property
     def key(self) -> tuple[str, int]:
         return (self.cell, self.seed)
+
+    def results_path(self, task: str, grid: Grid) -> Path:
+        """The tuned model's results of the grid's evaluation (`eval: {suite: …}`, or
+        the task's own suite)."""
+        from tuner.evaluate.run import eval_folder, task_suite
+
+        suite = grid.eval.get("suite") or task_suite(task)
+        return eval_folder(self.run_dir, task, suite) / "tuned" / "results.json"
 
 
 def available() -> list[str]:
