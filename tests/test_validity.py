@@ -48,6 +48,10 @@ def test_a_metric_correlates_fully_with_itself_and_against_its_reverse():
     assert same.verdict.startswith("stands in")
     reverse = found[("b/backwards", "a/acc")]
     assert reverse.rho == -1.0 and reverse.verdict == "ranks the models the other way"
+    for model in models:
+        model["c/constant"] = scored([0.0] * 5)
+    [flat] = correlate(["c/constant"], ["a/acc"], models, 0)
+    assert flat.tied and flat.verdict.startswith("cannot tell")
     with pytest.raises(TunerError, match="at least 3 models"):
         correlate(["a/loss"], ["a/acc"], models[:2], 0)
 

@@ -35,9 +35,13 @@ class Correlation:
     low: float
     high: float
     models: int
+    # Every model scores the same on one of the two metrics: it ranks nothing.
+    tied: bool
 
     @property
     def verdict(self) -> str:
+        if self.tied:
+            return "cannot tell: every model scores the same on one of the two"
         if self.low > STANDS_IN:
             return f"stands in (interval above {STANDS_IN})"
         if self.low > 0:
@@ -108,7 +112,8 @@ def correlate(
             rho = float(spearman_columns(z_value[:, None], c_value[:, None])[0])
             spread = spearman_columns(z_drawn, c_drawn)
             low, high = np.quantile(spread, [tail, 1 - tail])
-            results.append(Correlation(z, c, rho, float(low), float(high), len(measured)))
+            tied = bool(np.ptp(z_value) == 0 or np.ptp(c_value) == 0)
+            results.append(Correlation(z, c, rho, float(low), float(high), len(measured), tied))
     return results
 
 
@@ -136,17 +141,35 @@ def correlations_markdown(found: list[Correlation]) -> list[str]:
     lines += ["", "### Conclusion", ""]
     for costly in dict.fromkeys(r.costly for r in found):
         ours = [r for r in found if r.costly == costly]
-        standing = [r for r in ours if r.low > STANDS_IN]
-        best = max(ours, key=lambda r: r.low)
+        standing = [r for r in ours if r.low > STANDS_IN and not r.tied]
+        ranking = [r for r in ours if not r.tied]
         if standing:
             names = ", ".join(f"{r.zero_cost} (ρ {r.rho:+.2f})" for r in standing)
             lines.append(f"- {costly}: {names} can stand in for it.")
+        elif not ranking:
+            lines.append(
+                f"- {costly}: cannot tell; on every pair one metric scores all the models "
+                "the same (a task too hard or too easy for them, or too few documents)."
+            )
         else:
+            best = max(ranking, key=lambda r: r.low)
             lines.append(
                 f"- {costly}: no zero-cost metric stands in for it; the closest is "
                 f"{best.zero_cost}, ρ {best.rho:+.2f} [{best.low:+.2f}, {best.high:+.2f}] "
                 f"({best.verdict})."
             )
+    tied = sorted(
+        {
+            r.zero_cost
+            for r in found
+            if r.tied and r.zero_cost not in {t.zero_cost for t in found if not t.tied}
+        }
+    )
+    if tied:
+        lines.append(
+            f"- {', '.join(tied)}: in no pair do both sides rank the models (every model "
+            "scores the same on one of them)."
+        )
     return [*lines, ""]
 
 
@@ -159,12 +182,15 @@ def plot_heatmap(found: list[Correlation], path: Path) -> None:
 
     rows = list(dict.fromkeys(r.zero_cost for r in found))
     columns = list(dict.fromkeys(r.costly for r in found))
-    grid = np.array([[r.rho for r in found if r.zero_cost == z] for z in rows])
+    # A tied pair ranks nothing: left blank, not drawn as ρ 0.
+    grid = np.array(
+        [[np.nan if r.tied else r.rho for r in found if r.zero_cost == z] for z in rows]
+    )
     figure, axes = plt.subplots(figsize=(2.2 * len(columns) + 3, 0.55 * len(rows) + 1.6))
     image = axes.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     for r in found:
         y, x = rows.index(r.zero_cost), columns.index(r.costly)
-        text = f"{r.rho:+.2f}\n[{r.low:+.2f}, {r.high:+.2f}]"
+        text = "tied" if r.tied else f"{r.rho:+.2f}\n[{r.low:+.2f}, {r.high:+.2f}]"
         axes.text(x, y, text, ha="center", va="center", fontsize=7)
     axes.set_xticks(range(len(columns)), columns, rotation=15, ha="right", fontsize=8)
     axes.set_yticks(range(len(rows)), rows, fontsize=8)
