@@ -159,3 +159,23 @@ def test_the_zero_cost_suite_runs_its_proxy_and_behavioural_tasks_through_lm_eva
     assert drop["value"] == pytest.approx(sum(clean.values()) / 6 - sum(noisy.values()) / 6)
     assert set(tasks["tuner_proxy_formatted"]["metrics"]) >= {"format_followed", "exact_match"}
     assert "distinct_2" in tasks["tuner_proxy_copy_reverse"]["metrics"]
+
+
+def test_training_writes_its_loss_curve_as_tensorboard_events(tiny_run):
+    """Read back with tensorboard's own reader: the resumed process logged each step's
+    loss as the trainer recorded it (the killed one's events may not have been flushed)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tiny_run["runs"] / "instruction-cpu"
+    logged = {}
+    for folder in sorted((run / "runs").iterdir()):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        if "train/loss" in events.Tags()["scalars"]:
+            logged |= {e.step: e.value for e in events.Scalars("train/loss")}
+    manifest = json.loads((run / "manifest.json").read_text())
+    resumed_step = int(manifest["resumed_from"].split("-")[1])
+    state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    recorded = {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
+    after = {step: loss for step, loss in recorded.items() if step > resumed_step}
+    assert after and {step: logged.get(step) for step in after} == pytest.approx(after)
