@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.evaluate.compare import mean_stderr
+from tuner.evaluate.compare import mean_metric
 from tuner.evaluate.harness import ModelUnderTest
 from tuner.evaluate.suites import Benchmark, Settings
 from tuner.project import ROOT
@@ -124,16 +124,6 @@ def cross_fitted_errors(model: list[float], judge: list[float]) -> tuple[list[fl
             mapped[i] = abs(slope * model[i] + intercept - judge[i])
             constant[i] = abs(mean - judge[i])
     return mapped, constant
-
-
-def mean_metric(values: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
-    numbers = list(values.values())
-    return {
-        "value": statistics.fmean(numbers),
-        "stderr": mean_stderr(numbers),
-        "higher_is_better": higher_is_better,
-        "per_sample": values,
-    }
 
 
 def spearman_metric(model: list[float], judge: list[float], seed: int) -> dict[str, Any]:

@@ -14,26 +14,15 @@ no pass of its own: tuner_proxy_formatted scores it per document."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
-from tuner.evaluate.compare import mean_stderr
+from tuner.evaluate.compare import mean_metric
 from tuner.evaluate.harness import responses
 from tuner.evaluate.proxy import extracted_answer
 
 PARAPHRASED = "tuner_proxy_paraphrased"
 CLEAN, NOISY = "tuner_proxy_arithmetic", "tuner_proxy_noisy"
-
-
-def metric(per_sample: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
-    values = list(per_sample.values())
-    return {
-        "value": statistics.fmean(values),
-        "stderr": mean_stderr(values),
-        "higher_is_better": higher_is_better,
-        "per_sample": per_sample,
-    }
 
 
 def agreement(answers: list[dict[str, Any]]) -> dict[str, float]:
@@ -58,11 +47,11 @@ def add_behaviour(tasks: dict[str, Any], folders: list[Path]) -> None:
     if PARAPHRASED in tasks:
         per_group = agreement(responses(folders, PARAPHRASED))
         if per_group:
-            tasks[PARAPHRASED]["metrics"]["agreement"] = metric(per_group, True)
+            tasks[PARAPHRASED]["metrics"]["agreement"] = mean_metric(per_group, True)
     if CLEAN in tasks and NOISY in tasks:
         drops = robustness_drop(
             tasks[CLEAN]["metrics"]["exact_match"]["per_sample"],
             tasks[NOISY]["metrics"]["exact_match"]["per_sample"],
         )
         if drops:
-            tasks[NOISY]["metrics"]["robustness_drop"] = metric(drops, False)
+            tasks[NOISY]["metrics"]["robustness_drop"] = mean_metric(drops, False)

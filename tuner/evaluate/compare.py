@@ -62,6 +62,17 @@ def mean_stderr(values: list[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values))
 
 
+def mean_metric(per_sample: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
+    """A metric that is the mean of its per-document scores, as results.json holds one."""
+    values = list(per_sample.values())
+    return {
+        "value": statistics.fmean(values),
+        "stderr": mean_stderr(values),
+        "higher_is_better": higher_is_better,
+        "per_sample": per_sample,
+    }
+
+
 def paired_stderr(base: dict[str, float], tuned: dict[str, float]) -> float | None:
     shared = sorted(set(base) & set(tuned))
     if len(shared) != len(base) or len(shared) != len(tuned):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from tuner.errors import TunerError
 from tuner.evaluate.agreement import run_agreement
 from tuner.evaluate.behaviour import add_behaviour
 from tuner.evaluate.bigcode import bigcode_version, harness_python, run_bigcode
-from tuner.evaluate.compare import compare, markdown_table, mean_stderr, rich_table
+from tuner.evaluate.compare import compare, markdown_table, mean_metric, rich_table
 from tuner.evaluate.diversity import distinct_n_with_stderr
 from tuner.evaluate.harness import (
     BACKENDS,
@@ -331,12 +330,8 @@ def add_judge_scores(
         assert chosen.judge is not None
         scores = judge_answers(chosen.judge, pending, suite.settings.seed, console)
         for number, by_doc in scores.items():
-            values = list(by_doc.values())
             evaluated[int(number)][1]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
-                "value": statistics.fmean(values),
-                "stderr": mean_stderr(values),
-                "higher_is_better": True,
-                "per_sample": by_doc,
+                **mean_metric(by_doc, True),
                 "judge": judge,
             }
 
