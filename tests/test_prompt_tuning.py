@@ -25,7 +25,10 @@ def test_prompt_tuning_composes_over_each_overlay_and_validates(hardware):
     recipe = compose("instruction", hardware, [METHOD])
     config = recipe.config
     assert config["adapter"] == "prompt-tuning"
-    assert config["plugins"] == ["tuner.prompt_tuning.PromptTuningPlugin"]
+    # The method's plugin joins the overlay's (cpu loads one of its own) rather than
+    # replacing it.
+    overlay_plugins = compose("instruction", hardware).config.get("plugins", [])
+    assert config["plugins"] == [*overlay_plugins, "tuner.prompt_tuning.PromptTuningPlugin"]
     assert not [key for key in config if key.startswith("lora_")]
     assert config["sample_packing"] is False and not config.get("load_in_4bit")
     assert recipe.overrides["method"] == "prompt-tuning"

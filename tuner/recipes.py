@@ -3,8 +3,9 @@
 Order: `recipes/base.yaml`, then the task, then the hardware overlay, then what the
 task requires whatever the machine (`tuner.requires`), then the user's `key=value`
 overrides. Mappings merge deeply (the later layer wins); lists and scalars
-replace. Project metadata lives under the reserved key `tuner:` and is stripped before
-Axolotl sees the config.
+replace, except Axolotl's `plugins`, which accumulate: a method's plugin joins the
+overlay's. Project metadata lives under the reserved key `tuner:` and is stripped
+before Axolotl sees the config.
 """
 
 from __future__ import annotations
@@ -112,11 +113,14 @@ def load_hardware(name: str) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """A new mapping: `over` merged into `base`; nested mappings merge, all else replaces."""
+    """A new mapping: `over` merged into `base`; nested mappings merge, Axolotl plugin
+    lists accumulate, all else replaces."""
     merged = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
+        elif key == "plugins" and isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = [*merged[key], *(p for p in value if p not in merged[key])]
         else:
             merged[key] = copy.deepcopy(value)
     return merged
