@@ -113,8 +113,8 @@ class VllmBackend(ChatTemplate):
     ) -> None:
         """`compile`: torch.compile (and CUDA graphs on a GPU) before generating. On CPU it
         costs about two minutes at start and gives about 5 % more tokens/s in float32
-        (253 against 243 at a batch of 64), so it barely pays; unset, it is on for GPUs
-        and off for CPUs. `dtype`: unset, CPU_DTYPE on CPUs and the model's own on GPUs."""
+        (253 against 243 at a batch of 64), so it barely pays; unset, it is on for GPUs and off for CPUs. `dtype`: unset,
+        CPU_DTYPE on CPUs and the model's own on GPUs."""
         on_cpu = cpu_only()
         if on_cpu:
             configure_vllm_for_cpu()
