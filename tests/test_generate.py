@@ -255,17 +255,18 @@ def test_a_pre_query_keeps_the_one_bos_its_template_writes(model):
     assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
 
 
-def test_cpu_engines_run_in_float32_and_gpu_engines_in_the_overlays_half_precision(
-    monkeypatch,
-):
-    # No GPU here: torch's CUDA check is what the test replaces for the GPU side.
+def test_cpu_engines_run_in_float32_where_the_cpu_would_emulate_bfloat16(monkeypatch):
+    # This machine's CPU has AVX512-BF16; one without it cannot be had here, so its
+    # capability flags are what the test replaces.
     import torch
 
     from tuner.evaluate.run import engine_for
+    from tuner.generate.backends import cpu_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert engine_for({"fp16": True}, "hf").dtype == "float32"
-    assert engine_for({"bf16": True}, "hf").dtype == "float32"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert engine_for({"fp16": True}, "hf").dtype == "float16"  # the T4 overlay
-    assert engine_for({"bf16": True}, "vllm").dtype == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu_dtype() == "float32"
+    assert engine_for({"bf16": False}, "hf").dtype == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_dtype() == "bfloat16" == engine_for({"fp16": True}, "hf").dtype

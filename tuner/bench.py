@@ -35,7 +35,7 @@ from tuner.project import ROOT, cache_dir
 RESULTS = ROOT / "bench" / "results"
 
 
-# The CPU flags that decide the engines' speed (bfloat16 units: tuner.generate.backends.CPU_DTYPE).
+# The CPU flags that decide the engines' speed and dtype (tuner.generate.backends.cpu_dtype).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -166,14 +166,15 @@ class GenerateWorkload:
 
 
 def bench_generate(console: Console, records: int = 64) -> Path:
-    from tuner.generate.backends import CPU_DTYPE, TransformersBackend, VllmBackend
+    from tuner.generate.backends import TransformersBackend, VllmBackend, cpu_dtype
     from tuner.models import ensure_embedded_model
 
     model = str(ensure_embedded_model())
     workload = GenerateWorkload.for_model(model, records)
-    # Both engines run in the CPU engines' dtype. transformers runs first: vLLM binds its
-    # process to its own threads, which would slow whatever runs after it.
-    dtype = CPU_DTYPE
+    # Both engines run in the CPU's dtype (cpu_dtype: bfloat16 where the CPU computes in
+    # it, else float32). transformers runs first: vLLM binds its process to its own
+    # threads, which would slow whatever runs after it.
+    dtype = cpu_dtype()
     baseline_name = f"transformers_batch_8_{dtype}"
     engines = {
         baseline_name: lambda: TransformersBackend(model, 0, 8, dtype),

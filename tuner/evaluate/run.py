@@ -179,14 +179,14 @@ def check_chat_template(task: str, hardware: str, tokenizer: Path) -> None:
 
 
 def engine_for(config: dict[str, Any], backend: str) -> Engine:
-    from tuner.generate.backends import CPU_DTYPE, configure_vllm_for_cpu, cpu_only
+    from tuner.generate.backends import configure_vllm_for_cpu, cpu_dtype, cpu_only
 
     cpu = cpu_only()
     if cpu and backend == "vllm":
         configure_vllm_for_cpu()
-    # CPUs run CPU_DTYPE; Ampere-or-newer GPUs bfloat16; a card the overlay trains in
+    # CPUs run cpu_dtype(); Ampere-or-newer GPUs bfloat16; a card the overlay trains in
     # fp16 (the T4) evaluates in float16. Base and tuned share it (the settings record it).
-    dtype = CPU_DTYPE if cpu else "float16" if config.get("fp16") is True else "bfloat16"
+    dtype = cpu_dtype() if cpu else "float16" if config.get("fp16") is True else "bfloat16"
     return Engine(backend, dtype, cpu)
 
 
