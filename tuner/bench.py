@@ -142,10 +142,24 @@ class GenerateWorkload:
         greedy = Sampling(temperature=0.0, max_tokens=128)
         engine.complete(warm_up, greedy, self.seeds[:2], self.family.stop)
         for step, (prompts, sampling) in self.steps(engine).items():
-            with console.status(f"{name}: {step} step, {len(prompts)} prompts…"):
-                started = time.perf_counter()
-                completions = engine.complete(prompts, sampling, self.seeds, self.family.stop)
+            console.print(f"{name}: {step} step, {len(prompts)} prompts…")
+            # An engine that generates batch after batch (transformers) is given one batch
+            # at a time, the same work, so that a log shows its progress and rate; vLLM
+            # gets every prompt at once, as it schedules them.
+            chunk = getattr(engine, "batch_size", len(prompts))
+            completions = []
+            started = time.perf_counter()
+            for start in range(0, len(prompts), chunk):
+                end = start + chunk
+                completions += engine.complete(
+                    prompts[start:end], sampling, self.seeds[start:end], self.family.stop
+                )
                 seconds = time.perf_counter() - started
+                done = sum(c.tokens for c in completions)
+                console.print(
+                    f"  {len(completions)}/{len(prompts)} prompts, {done} tokens, "
+                    f"{done / seconds:.1f} tokens/s"
+                )
             tokens = sum(c.tokens for c in completions)
             console.print(
                 f"{name}: {step}: {tokens} tokens in {seconds:.1f} s, "
