@@ -148,19 +148,21 @@ class GenerateWorkload:
             # gets every prompt at once, as it schedules them.
             chunk = getattr(engine, "batch_size", len(prompts))
             completions = []
+            tokens = 0
             started = time.perf_counter()
             for start in range(0, len(prompts), chunk):
                 end = start + chunk
-                completions += engine.complete(
+                batch = engine.complete(
                     prompts[start:end], sampling, self.seeds[start:end], self.family.stop
                 )
+                completions += batch
+                tokens += sum(c.tokens for c in batch)
                 seconds = time.perf_counter() - started
-                done = sum(c.tokens for c in completions)
-                console.print(
-                    f"  {len(completions)}/{len(prompts)} prompts, {done} tokens, "
-                    f"{done / seconds:.1f} tokens/s"
-                )
-            tokens = sum(c.tokens for c in completions)
+                if len(completions) < len(prompts):
+                    console.print(
+                        f"  {len(completions)}/{len(prompts)} prompts, {tokens} tokens, "
+                        f"{tokens / seconds:.1f} tokens/s"
+                    )
             console.print(
                 f"{name}: {step}: {tokens} tokens in {seconds:.1f} s, "
                 f"{tokens / seconds:.1f} tokens/s"
