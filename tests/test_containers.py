@@ -210,7 +210,8 @@ def test_train_on_a_gpu_target_runs_inside_its_image(fake_docker, cli):
     assert f"{ROOT}:/workspace" in volumes
     assert any(v.endswith(":/home/tuner/.cache/huggingface") for v in volumes)
     passed = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
-    assert "HF_TOKEN" in passed and all("=" not in name for name in passed)
+    assert {"HF_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_URI"} <= set(passed)
+    assert all("=" not in name for name in passed)
     assert "hf_value_that_must_not_appear" not in json.dumps(args) + done.stdout + done.stderr
     image = args.index("llm-tuner:a100")
     assert args[image + 1 :] == ["train", "math", "a100", "lora_r=32"]

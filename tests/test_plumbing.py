@@ -1,6 +1,7 @@
 """What needs no quality, end to end on the tiny random-weight model with the real
 tokenizer: the hf backend loading the adapter with PEFT, the report of an evaluated
-run, and a killed run resuming from its checkpoint."""
+run, a killed run resuming from its checkpoint, and its curves in TensorBoard, W&B and
+MLflow."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ STEPS = 30  # a checkpoint every 2; the tiny model trains a step in milliseconds
 def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The instruction recipe on the tiny model, its whole training process group
     SIGKILLed once a checkpoint is complete, then the same command again, which resumes
-    there and finishes the planned steps. The evaluation and report tests use that run."""
+    there and finishes the planned steps, with W&B (offline: its server is out of reach
+    here) and MLflow (a local file store) named in the environment this time. The
+    evaluation and report tests use that run."""
     runs = tmp_path_factory.mktemp("plumbing") / "runs"
+    trackers = runs.parent / "trackers"
     overrides = [f"base_model={tiny_model}", f"max_steps={STEPS}", "save_steps=2"]
     args = ["train", "instruction", "cpu", *overrides]
     run = runs / "instruction-cpu"
@@ -49,10 +53,18 @@ def tiny_run(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished_before_the_kill = (run / f"checkpoint-{STEPS}").exists()
-    resumed = run_tuner(*args, runs=runs)
+    tracked = {
+        **os.environ,
+        "WANDB_API_KEY": "offline-runs-need-no-real-key",
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(trackers),
+        "MLFLOW_TRACKING_URI": (trackers / "mlruns").as_uri(),
+    }
+    resumed = run_tuner(*args, runs=runs, env=tracked)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     return {
         "runs": runs,
+        "trackers": trackers,
         "overrides": overrides,
         "resumed": resumed,
         "finished_before_the_kill": finished_before_the_kill,
@@ -95,6 +107,9 @@ def test_report_shows_the_comparison_of_an_evaluated_run_with_its_plot(tiny_run)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (runs / "report" / "report.md").read_text()
     assert "| tuner_ifeval | prompt_level_strict_acc ↑ |" in report
+    events = runs / "instruction-cpu" / "runs"
+    assert f"Curves: TensorBoard events in [{events}](../instruction-cpu/runs)" in report
+    assert "also logged to wandb, mlflow." in report
     assert (runs / "report" / "eval-instruction-cpu.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((runs / "report" / "report.json").read_text())
     [entry] = [e for e in data["runs"] if e["run"] == "instruction-cpu"]
@@ -179,3 +194,31 @@ def test_training_writes_its_loss_curve_as_tensorboard_events(tiny_run):
     recorded = {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
     after = {step: loss for step, loss in recorded.items() if step > resumed_step}
     assert after and {step: logged.get(step) for step in after} == pytest.approx(after)
+
+
+def test_w_and_b_and_mlflow_log_the_resumed_run_when_the_environment_names_them(tiny_run):
+    """The run began without trackers and resumed with them: same config, so resumed
+    rather than refused; each tracker holds the steps trained after the checkpoint."""
+    import mlflow
+
+    run = tiny_run["runs"] / "instruction-cpu"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["trackers"] == ["tensorboard", "wandb", "mlflow"]
+    assert "--wandb-project=llm-tuner --wandb-name=instruction-cpu" in tiny_run["resumed"].stderr
+    assert "offline-runs-need-no-real-key" not in (run / "logs" / "axolotl.log").read_text()
+    state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    recorded = {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
+
+    [offline] = (tiny_run["trackers"] / "wandb").glob("offline-run-*")
+    summary = json.loads((offline / "files" / "wandb-summary.json").read_text())
+    assert summary["train/global_step"] == STEPS
+    assert summary["train/loss"] == pytest.approx(recorded[STEPS])
+
+    client = mlflow.MlflowClient((tiny_run["trackers"] / "mlruns").as_uri())
+    [experiment] = [e for e in client.search_experiments() if e.name == "llm-tuner"]
+    [logged] = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_name == "instruction-cpu"
+    history = {m.step: m.value for m in client.get_metric_history(logged.info.run_id, "loss")}
+    resumed_step = int(manifest["resumed_from"].split("-")[1])
+    after = {step: loss for step, loss in recorded.items() if step > resumed_step}
+    assert history == pytest.approx(after)

@@ -26,7 +26,16 @@ TARGETS = ROOT / "containers" / "targets.yaml"
 WORKSPACE = "/workspace"
 CONTAINER_HOME = "/home/tuner"
 # Secrets and settings passed through from the caller's environment, by name.
-PASSED_BY_NAME = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "WANDB_MODE")
+PASSED_BY_NAME = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_EXPERIMENT_NAME",
+)
 ENGINES = ("docker", "podman", "buildah")
 
 

@@ -39,6 +39,7 @@ from tuner.parameters import trained_weights
 from tuner.project import ROOT, portable, run_dir, runs_folder
 from tuner.recipes import RECIPE_OPTIONS, ComposedRecipe, compose
 from tuner.seeds import SEEDS_KEY, SEEDS_OPTIONS, seed_runs
+from tuner.tracking import UNTRACKED, Trackers, chosen_trackers
 from tuner.validation import validate
 
 console = Console(stderr=True, soft_wrap=True)
@@ -47,7 +48,6 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Offline, quiet defaults; a value the user already set wins.
 DEFAULT_ENV = {
     "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
     # Axolotl's output reaches the console and the run's log as it happens, not in
     # blocks (a killed run keeps its last lines).
@@ -90,11 +90,11 @@ def loss_history(output_dir: Path, key: str = "loss") -> list[tuple[int, float]]
     return [(row["step"], float(row[key])) for row in state["log_history"] if key in row]
 
 
-def axolotl_env(recipe: ComposedRecipe) -> dict[str, str]:
+def axolotl_env(recipe: ComposedRecipe, trackers: Trackers = UNTRACKED) -> dict[str, str]:
     env = dict(os.environ)
     # The axolotl launcher execs `accelerate` by name: this environment's bin comes first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for key, value in DEFAULT_ENV.items():
+    for key, value in {**DEFAULT_ENV, **trackers.env_defaults}.items():
         env.setdefault(key, value)
     if recipe.meta.get("model") == "embedded":
         env.update(OFFLINE_ENV)
@@ -180,6 +180,7 @@ def start_manifest(
     config_path: Path,
     resumed_from: str | None,
     detected: list[Any],
+    trackers: Trackers,
 ) -> dict[str, Any]:
     return {
         "task": recipe.task,
@@ -198,6 +199,7 @@ def start_manifest(
         "gpus": [asdict(g) for g in detected],
         "env": recipe.env,
         "resumed_from": resumed_from,
+        "trackers": list(trackers.names),
         "python": sys.version.split()[0],
     }
 
@@ -247,19 +249,20 @@ def train(
         check_machine(hardware, profile, detected)
 
     out = recipe.run_dir
+    trackers = chosen_trackers(recipe.config, out, os.environ)
     resumed_from = prepare_folder(recipe, fresh)
     config_path = write_config(recipe)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "axolotl.log"
-    env = axolotl_env(recipe)
+    env = axolotl_env(recipe, trackers)
     if profile is not None and profile.count > 1:
         multi_gpu_preflight(profile, env, console)
     if profile is not None and profile.unified_memory:
         unified_memory_preflight(drop_caches, console)
     ensure_base_model(recipe, env, log)
     manifest_path = out / "manifest.json"
-    manifest = start_manifest(recipe, overrides, config_path, resumed_from, detected)
+    manifest = start_manifest(recipe, overrides, config_path, resumed_from, detected, trackers)
     write_manifest(manifest_path, manifest)
 
     start = time.monotonic()
@@ -271,7 +274,8 @@ def train(
         # run's data was prepared by the attempt that wrote its checkpoints.
         if multi_process(recipe) and not resumed_from:
             run_logged(["axolotl", "preprocess", rel_config], env, log, RESUME_HINT)
-        run_logged(["axolotl", "train", rel_config, *launcher_args(recipe)], env, log, RESUME_HINT)
+        command = ["axolotl", "train", rel_config, *trackers.axolotl_args, *launcher_args(recipe)]
+        run_logged(command, env, log, RESUME_HINT)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
         write_manifest(manifest_path, manifest)

@@ -1,11 +1,12 @@
 """`just report`: one Markdown report over every run folder (tasks × hardware) with
 PNG plots — base vs tuned bars per benchmark, training-loss curves from the trainer's
-state — and the data stages' statistics where `data/` holds them; `report.json`
-beside it says the same for programs."""
+state — a link to each run's TensorBoard events, and the data stages' statistics where
+`data/` holds them; `report.json` beside it says the same for programs."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,20 @@ def describe_run(run: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {"run": run.name}
     if (run / "manifest.json").is_file():
         manifest = read_json(run / "manifest.json")
-        for key in ("task", "hardware", "status", "base_model", "wall_time_s", "final_loss"):
+        for key in (
+            "task",
+            "hardware",
+            "status",
+            "base_model",
+            "wall_time_s",
+            "final_loss",
+            "trackers",
+        ):
             entry[key] = manifest.get(key)
     entry["loss"] = loss_history(run)
+    # Where the trainer's TensorBoard callback writes (its logging_dir, output_dir/runs).
+    if (run / "runs").is_dir():
+        entry["tensorboard"] = str(run / "runs")
     comparison = run / "eval" / "comparison.json"
     if comparison.is_file():
         data = read_json(comparison)
@@ -141,6 +153,15 @@ def run_section(entry: dict[str, Any], out: Path) -> list[str]:
         name = f"loss-{entry['run']}.png"
         loss_plot(entry, out / name)
         lines += [f"![training loss]({name})", ""]
+    if entry.get("tensorboard"):
+        events = entry["tensorboard"]
+        others = [t for t in entry.get("trackers") or [] if t != "tensorboard"]
+        lines += [
+            f"Curves: TensorBoard events in [{events}]({os.path.relpath(events, out)}) "
+            f"(`tensorboard --logdir {events}`)"
+            + (f"; also logged to {', '.join(others)}." if others else "."),
+            "",
+        ]
     if "comparison" in entry:
         comparison = entry["comparison"]
         rows = [Row(**row) for row in comparison["rows"]]
