@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.infer_env import infer_json
+from tuner.errors import TunerError
 from tuner.tracking import chosen_trackers, tracker_run_name
 
 RUN = Path("/data/runs/math-a100")
@@ -49,3 +52,18 @@ def test_an_mlflow_uri_without_mlflow_installed_is_refused_with_what_to_do():
         "    print(json.dumps(str(refused)))\n"
     )
     assert "no mlflow" in refusal and "pip install mlflow-skinny" in refusal
+
+
+def test_an_mlflow_folder_is_refused_unless_mlflow_is_told_to_allow_it():
+    """MLflow 3 raises for its file store only once training has begun."""
+    folder = {"MLFLOW_TRACKING_URI": "file:///data/mlruns"}
+    with pytest.raises(TunerError, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        chosen_trackers(TENSORBOARD, RUN, folder)
+    allowed = chosen_trackers(TENSORBOARD, RUN, {**folder, "MLFLOW_ALLOW_FILE_STORE": "true"})
+    assert allowed.names == ("tensorboard", "mlflow")
+    assert allowed.axolotl_args == [
+        "--mlflow-experiment-name=llm-tuner",
+        "--mlflow-run-name=math-a100",
+    ]
+    server = chosen_trackers(TENSORBOARD, RUN, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert server.names == ("tensorboard", "mlflow")

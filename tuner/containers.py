@@ -35,6 +35,7 @@ PASSED_BY_NAME = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_ALLOW_FILE_STORE",
 )
 ENGINES = ("docker", "podman", "buildah")
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tuner.errors import TunerError
 
@@ -50,7 +51,8 @@ def tracker_run_name(run_dir: Path) -> str:
 def chosen_trackers(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, str]) -> Trackers:
     """TensorBoard when the config asks (every recipe does); W&B with WANDB_API_KEY in the
     environment (or a `wandb_project` the user set); MLflow with MLFLOW_TRACKING_URI (or
-    an `mlflow_experiment_name` the user set). Keys the user set win over these."""
+    an `mlflow_experiment_name` the user set). Keys the user set win over these. A
+    tracker that would fail once the model is loaded is refused here, before launch."""
     names: list[str] = ["tensorboard"] if config.get("use_tensorboard") else []
     args: list[str] = []
     defaults: dict[str, str] = {}
@@ -71,6 +73,15 @@ def chosen_trackers(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, 
                 "MLFLOW_TRACKING_URI is set, but this environment has no mlflow to log with. "
                 "Install it (`.venvs/train/bin/pip install mlflow-skinny`), or unset "
                 "MLFLOW_TRACKING_URI to train without MLflow."
+            )
+        uri = env.get("MLFLOW_TRACKING_URI", "")
+        allowed = env.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
+        if uri and urlparse(uri).scheme in ("", "file") and not allowed:
+            raise TunerError(
+                f"MLFLOW_TRACKING_URI={uri} is a local folder, which MLflow 3 logs to only "
+                "with MLFLOW_ALLOW_FILE_STORE=true (its file store is in maintenance mode). "
+                "Set that, or point MLFLOW_TRACKING_URI at a tracking server "
+                "(`mlflow server`, then http://HOST:5000)."
             )
         names.append("mlflow")
         if not config.get("mlflow_experiment_name"):
