@@ -75,6 +75,10 @@ eval task hw *options: setup
 experiment name hw *overrides: setup
     {{python}} -m tuner experiment "$@"
 
+# Write a finished run's Hub repository with its model card, uploaded with HF_TOKEN (repo=ORG/NAME)
+publish task hw *options: setup
+    {{python}} -m tuner publish "$@"
+
 # One Markdown report with plots over every run folder (runs/report/)
 report *args: setup
     {{python}} -m tuner report "$@"

