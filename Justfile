@@ -79,6 +79,10 @@ experiment name hw *overrides: setup
 publish task hw *options: setup
     {{python}} -m tuner publish "$@"
 
+# Write a generated dataset's Hub repository with its dataset card, uploaded with HF_TOKEN
+publish-data input *options: setup
+    {{python}} -m tuner publish-data "$@"
+
 # One Markdown report with plots over every run folder (runs/report/)
 report *args: setup
     {{python}} -m tuner report "$@"

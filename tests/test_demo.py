@@ -314,7 +314,7 @@ def test_publish_uploads_with_the_token_from_the_environment_and_never_prints_it
     assert "hf_not_a_real_token" not in done.stdout + done.stderr
     (_, token, repo, created), (_, same, uploaded) = calls
     assert token == same == "hf_not_a_real_token_but_secret" and repo == "test/x"
-    assert created == {"private": True, "exist_ok": True}
+    assert created == {"repo_type": "model", "private": True, "exist_ok": True}
     assert uploaded["repo_id"] == "test/x"
     assert uploaded["folder_path"] == clone.runs / "instruction-cpu" / "publish"
 

@@ -317,3 +317,24 @@ def test_by_default_records_quoting_a_local_evaluation_set_are_removed(tmp_path)
     assert any(str(p).endswith("HumanEval.jsonl.gz") for p in stats.options["against"])
     off = filter_records(str(path), [f"out={tmp_path / 'off'}", "workers=1", "against=none"], QUIET)
     assert off.kept == 2
+
+
+def test_publish_data_of_filtered_records_gives_the_filter_and_decontamination(
+    filtered, cli, monkeypatch
+):
+    """Records not generated here name no generator, so no license to inherit: the user
+    gives one. Nothing is written before that."""
+    from huggingface_hub import DatasetCard
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # the Hub is out of reach here
+    out, stats = filtered
+    kept = out / "kept.jsonl"
+    refused = cli("publish-data", str(kept), "repo=test/filtered")
+    assert refused.returncode == 2 and "license=apache-2.0" in refused.stderr
+    assert not kept.with_suffix(".publish").exists()
+    done = cli("publish-data", str(kept), "repo=test/filtered", "license=cc-by-4.0")
+    assert done.returncode == 0, done.stderr
+    card = DatasetCard.load(kept.with_suffix(".publish") / "README.md")
+    assert card.data.license == "cc-by-4.0"
+    assert f"kept {stats.kept} of {stats.input_records}" in card.text
+    assert "Decontamination: 1 removed for overlapping the evaluation sets eval.jsonl" in card.text

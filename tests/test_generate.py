@@ -183,29 +183,63 @@ def test_vllm_generation_killed_mid_run_resumes_to_exactly_n_unique_records(tmp_
     assert cut_off < n
 
 
-@pytest.mark.slow
-def test_two_workers_share_one_output_through_the_transformers_fallback(tmp_path: Path):
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Data-parallel generation as on a multi-GPU machine (one process per GPU, each
     with its worker number), here with transformers, the path where vLLM cannot run.
     n=3 in checkpoints of 2 makes two chunks (2 + 1): worker 1 writes the second and
     leaves the output to whoever finishes last; worker 0 writes the first and
     assembles the whole."""
-    out = tmp_path / "code.jsonl"
+    folder = tmp_path_factory.mktemp("two-workers")
+    out = folder / "code.jsonl"
     args = ("generate", "code", "n=3", "checkpoint_every=2", f"out={out}", "backend=transformers")
     args = (*args, "workers=2")
-    second = run_infer(*args, "worker=1", data=tmp_path)
+    second = run_infer(*args, "worker=1", data=folder)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert "1 chunk(s) of other workers are still missing" in second.stdout + second.stderr
     parts = out.with_suffix(".parts")
-    assert (parts / "chunk-000001.jsonl").is_file() and not (parts / "chunk-000000.jsonl").exists()
-    assert not out.exists()
-    first = run_infer(*args, "worker=0", data=tmp_path)
+    after_worker_1 = {
+        "said": "1 chunk(s) of other workers are still missing" in second.stdout + second.stderr,
+        "chunks": sorted(p.name for p in parts.glob("chunk-*.jsonl")),
+        "output": out.exists(),
+    }
+    first = run_infer(*args, "worker=0", data=folder)
     assert first.returncode == 0, first.stderr[-4000:]
-    records = read_records(out, Conversation)
+    return {"out": out, "after_worker_1": after_worker_1}
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_output_through_the_transformers_fallback(two_workers):
+    assert two_workers["after_worker_1"] == {
+        "said": True,
+        "chunks": ["chunk-000001.jsonl"],
+        "output": False,
+    }
+    records = read_records(two_workers["out"], Conversation)
     assert len(records) == 3 and len({r.meta["id"] for r in records}) == 3
     assert all(r.meta["backend"] == "transformers" for r in records)
     assert all(r.messages[0].content.strip() and r.messages[1].content.strip() for r in records)
     assert "coding assistant" in records[0].meta["system_prompt"]
+
+
+@pytest.mark.slow
+def test_publish_data_names_the_generator_and_takes_its_license(two_workers, cli):
+    """`just publish-data` on the generated file: without HF_TOKEN it writes the folder
+    only (the Hub is out of reach here)."""
+    from huggingface_hub import DatasetCard
+
+    out = two_workers["out"]
+    done = cli("publish-data", str(out), "repo=test/code-magpie")
+    assert done.returncode == 0, done.stderr
+    folder = out.with_suffix(".publish")
+    assert (folder / "data" / "train.jsonl").read_bytes() == out.read_bytes()
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0"  # SmolLM2-135M-Instruct's
+    assert card.data.size_categories == ["n<1K"]
+    assert card.data.configs[0]["data_files"][0]["path"] == "data/train.jsonl"
+    assert "with `HuggingFaceTB/SmolLM2-135M-Instruct` (Magpie, smollm2 template" in card.text
+    stats = json.loads(out.with_suffix(".stats.json").read_text())
+    assert json.loads((folder / "provenance" / "generate-stats-0.json").read_text()) == stats
+    assert "Not uploaded: no HF_TOKEN" in done.stderr
 
 
 def test_the_fallback_ends_rows_on_a_single_token_stop_string_by_its_id():

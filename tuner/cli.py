@@ -218,6 +218,15 @@ def cmd_publish(args: argparse.Namespace) -> None:
         out.print(f"Uploaded to {published.url}")
 
 
+def cmd_publish_data(args: argparse.Namespace) -> None:
+    from tuner.publish_data import publish_data
+
+    published = publish_data(args.input, args.options, err)
+    out.print(f"Wrote {published.folder}: {published.records} records and the dataset card")
+    if published.url:
+        out.print(f"Uploaded to {published.url}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from tuner.bench import run
 
@@ -435,6 +444,17 @@ COMMANDS = (
         "README.md, a model card whose model-index holds the base-vs-tuned results. With "
         "HF_TOKEN in the environment it uploads the folder to repo= as well.",
         options=("tuner.publish:OPTIONS",),
+    ),
+    Command(
+        "publish-data",
+        "a generated dataset as a Hub dataset repository with its dataset card",
+        cmd_publish_data,
+        (("input", {"help": "a JSONL file the data stages wrote"}), STAGE_OPTIONS),
+        description="Writes INPUT.publish/: the records as data/train.jsonl, the stages' "
+        "statistics under provenance/, and README.md, a dataset card giving the generator "
+        "model, the filter's statistics, decontamination and the license. With HF_TOKEN in "
+        "the environment it uploads the folder to repo= as well.",
+        options=("tuner.publish_data:OPTIONS",),
     ),
     Command(
         "report",

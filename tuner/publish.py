@@ -13,7 +13,6 @@ base model's score and the settings both were evaluated with.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,11 @@ import yaml
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.models import EMBEDDED_HUB_ID, embedded_model_dir
+from tuner.hub import hub_id, hub_repo, known_license, license_needed, upload
 from tuner.options import Option, Options, choice, parse_options
 from tuner.project import RECIPES, ROOT, run_dir
 from tuner.recipes import load_task
 
-LICENSES = RECIPES / "licenses.yaml"
 # Models trained from scratch start from a shape here: there is no base model to name.
 SHAPES = RECIPES / "shapes"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -64,18 +62,6 @@ RECIPE_KEYS = (
     "rl",
     "seed",
 )
-
-
-def hub_repo(raw: str) -> str:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(raw)
-    except HFValidationError as problem:
-        raise ValueError(str(problem).split("\n")[0]) from None
-    if raw.count("/") != 1:
-        raise ValueError("give the organisation or user and the name, ORG/NAME")
-    return raw
 
 
 OPTIONS: Options = {
@@ -125,7 +111,13 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
             f"{holds}. Publish it as it is (merged=false)."
         )
     base = hub_base_model(manifest, options["base_model"])
-    license_id = options["license"] or base_license(base)
+    license_id = options["license"] or known_license(base)
+    if license_id is None:
+        raise license_needed(
+            f"publish: the license of {base} is not in recipes/licenses.yaml"
+            if base
+            else "publish: a model trained from scratch has no base model's license to inherit"
+        )
 
     out = run / "publish"
     staging = run / "publish.partial"
@@ -155,7 +147,9 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    url = upload(out, options["repo"], options["private"] == "true", task, hardware, console)
+    private = options["private"] == "true"
+    message = f"llm-tuner: {task} on {hardware}"
+    url = upload(out, options["repo"], "model", private, message, console)
     return Published(out, options["repo"], files, url)
 
 
@@ -192,33 +186,16 @@ def weights_kind(run: Path) -> str:
 def hub_base_model(manifest: dict[str, Any], given: str | None) -> str | None:
     """The base model's hub id; None for a model trained from scratch."""
     base = str(manifest.get("base_model") or "")
-    folder = Path(base) if Path(base).is_absolute() else ROOT / base
     if given:
         return given
-    if not base.startswith((".", "/")) and not folder.exists():
-        return base  # a hub id
-    if folder.resolve() == embedded_model_dir().resolve():
-        return EMBEDDED_HUB_ID
+    if (named := hub_id(base)) is not None:
+        return named
+    folder = Path(base) if Path(base).is_absolute() else ROOT / base
     if folder.resolve().is_relative_to(SHAPES.resolve()):
         return None
     raise TunerError(
         f"publish: the run trained from the local folder {base}; the card names its base "
         "by hub id. Give it: base_model=ORG/NAME."
-    )
-
-
-def base_license(base: str | None) -> str:
-    known = yaml.safe_load(LICENSES.read_text())
-    if base in known:
-        return known[base]
-    what = (
-        f"the license of {base} is not in {LICENSES.relative_to(ROOT)}"
-        if base
-        else ("a model trained from scratch has no base model's license to inherit")
-    )
-    raise TunerError(
-        f"publish: {what}. Give one: license=apache-2.0 (or another Hub license id, "
-        "https://huggingface.co/docs/hub/repositories-licenses)."
     )
 
 
@@ -248,36 +225,6 @@ def merge_into(
     merged_model(run, base, dtype, out, console)
     # Its record of where the adapter lay on this machine stays here.
     (out / STAMP).unlink()
-
-
-def upload(
-    out: Path, repo: str, private: bool, task: str, hardware: str, console: Console
-) -> str | None:
-    """Uploads with HF_TOKEN from the environment; the token is never printed."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if not token:
-        console.print(
-            f"Not uploaded: no HF_TOKEN in the environment. Set it (a write token from "
-            f"https://huggingface.co/settings/tokens) and run this again, or upload the "
-            f"folder yourself: `hf upload {repo} {out} .`",
-            markup=False,
-        )
-        return None
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo, private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo, folder_path=out, commit_message=f"llm-tuner: {task} on {hardware}"
-        )
-    except (HfHubHTTPError, OSError) as problem:
-        raise TunerError(
-            f"publish: uploading {out} to {repo} failed ({type(problem).__name__}: "
-            f"{str(problem).splitlines()[0]}). The folder is kept; run this again."
-        ) from None
-    return str(url)
 
 
 def model_card(
