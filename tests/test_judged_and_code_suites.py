@@ -21,6 +21,9 @@ def test_eval_of_a_judged_suite_scores_answers_with_the_judge(runs):
     assert len(judged["per_sample"]) == 2
     assert all(1.0 <= score <= 5.0 for score in judged["per_sample"].values())
     assert judged["stderr"] is not None and judged["judge"]["rubric"] == "creative"
+    # The suite's judge passes a piece it scores 3 or more.
+    passed = results["tasks"]["tuner_creative"]["metrics"]["judge_pass_rate"]["per_sample"]
+    assert passed == {doc: float(score >= 3) for doc, score in judged["per_sample"].items()}
     assert not (runs / "creative-cpu/eval/comparison.json").exists()
 
     # Another judge, a reward model (the embedded model's fresh score head: plumbing):
@@ -31,10 +34,13 @@ def test_eval_of_a_judged_suite_scores_answers_with_the_judge(runs):
     assert again.returncode == 0, again.stderr[-4000:]
     assert "reusing its results" in again.stdout + again.stderr
     rejudged = json.loads((runs / "creative-cpu/eval/base/results.json").read_text())
-    rejudged = rejudged["tasks"]["tuner_creative"]["metrics"]["judge_score"]
+    rejudged_metrics = rejudged["tasks"]["tuner_creative"]["metrics"]
+    rejudged = rejudged_metrics["judge_score"]
     assert rejudged["judge"]["model"] == "rm:embedded"
     assert rejudged["per_sample"].keys() == judged["per_sample"].keys()
     assert rejudged["per_sample"] != judged["per_sample"]
+    # A reward model's scores are on no 1-5 scale: nothing passes or fails by them.
+    assert "judge_pass_rate" not in rejudged_metrics
 
 
 def test_eval_of_the_code_suite_runs_the_answers_in_the_sandbox(runs):

@@ -329,11 +329,16 @@ def add_judge_scores(
             continue
         assert chosen.judge is not None
         scores = judge_answers(chosen.judge, pending, suite.settings.seed, console)
+        threshold = chosen.judge.pass_score
+        if chosen.judge.model.startswith("rm:"):
+            threshold = None
         for number, by_doc in scores.items():
-            evaluated[int(number)][1]["tasks"][benchmark.task]["metrics"]["judge_score"] = {
-                **mean_metric(by_doc, True),
-                "judge": judge,
-            }
+            metrics = evaluated[int(number)][1]["tasks"][benchmark.task]["metrics"]
+            metrics["judge_score"] = {**mean_metric(by_doc, True), "judge": judge}
+            metrics.pop("judge_pass_rate", None)  # another judge's, where one graded before
+            if threshold is not None:
+                passed = {doc: float(score >= threshold) for doc, score in by_doc.items()}
+                metrics["judge_pass_rate"] = {**mean_metric(passed, True), "judge": judge}
 
 
 def seed_models(

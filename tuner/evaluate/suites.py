@@ -63,6 +63,10 @@ class Judge(Strict):
     rubric: str | None = None
     # The field of a task's documents that holds the instruction the answer is for.
     field: str = "prompt"
+    # An answer the LLM judge scores at least this passes (on the rubric's 1-5 scale);
+    # the task then also reports `judge_pass_rate`, the share of answers that passed. A
+    # reward model's scores are on no fixed scale: with `judge=rm:…` there is none.
+    pass_score: float | None = Field(default=None, ge=1, le=5)
 
 
 class Variant(Strict):
