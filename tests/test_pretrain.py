@@ -147,6 +147,7 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(experim
     }
     report = (folder / "report.md").read_text()
     assert "Benjamini-Hochberg" in report and "size: tiny-wide vs tiny" in report
+    assert "At this scale: two tiny shapes" in report and "say nothing of the full scale" in report
     # The from-scratch criteria, per cell: 20 steps leave perplexity far above 20.
     results = json.loads((folder / "results.json").read_text())
     checks = {(c["cell"], c["criterion"]): c for c in results["criteria"]}
