@@ -39,14 +39,16 @@ def judge_answers(
     doc_ids = sorted(by_doc, key=int)
     prompts = [[{"role": "user", "content": by_doc[d]["doc"][judge.field]}] for d in doc_ids]
     graded = [[by_doc[d]["texts"].get(label, "") for label in labels] for d in doc_ids]
-    slot = ModelSlot(seed)
+    slot = None
     if judge.model.startswith("rm:"):
         scorer: JudgeScorer | RewardModelScorer = RewardModelScorer(judge.model[3:])
     else:
+        slot = ModelSlot(seed)
         scorer = JudgeScorer(slot, judge.model, settings)
     with console.status(f"Judging {sum(map(len, graded))} answers with {judge.model}…"):
         scores = scorer.score(prompts, graded)
-    slot.release()
+    if slot is not None:
+        slot.release()
     return {
         label: {
             doc_id: row[column]
