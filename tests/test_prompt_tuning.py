@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 
 from tests.conftest import run_tuner
 from tests.infer_env import infer_json, run_infer
 from tuner.errors import TunerError
+from tuner.inference_speed import measure_inference
 from tuner.memory import Training, architecture_for, staying
 from tuner.project import ROOT
 from tuner.recipes import compose, hardware_names
@@ -83,6 +85,13 @@ def test_prompt_tuning_trains_and_is_evaluated_through_the_hf_backend(tiny_model
     assert f"peft={run}" in (run / "eval" / "tuned" / "lm-eval.log").read_text()
     answers = results["tasks"]["tuner_ifeval"]["metrics"]["prompt_level_strict_acc"]
     assert len(answers["per_sample"]) == 2
+
+    # Timed generating with its soft prompt, as the experiments' reports give it; a run
+    # already timed with these weights is not timed again.
+    speed = measure_inference(run, prompts=2, new_tokens=8)
+    assert speed.new_tokens == 16 and speed.tokens_per_second > 0
+    assert json.loads((run / "inference.json").read_text()) == asdict(speed)
+    assert measure_inference(run) == speed
 
 
 @pytest.mark.slow

@@ -71,6 +71,7 @@ TINY_STUDY = {
         "seeds": [1],
         "overrides": {"max_steps": 2},
         "eval": {"limit": 3, "backend": "hf"},
+        "measure_inference": True,
         "correlations": {
             "zero_cost": ["tuner_perplexity_instruction/word_perplexity"],
             "costly": [
@@ -137,4 +138,11 @@ def test_the_study_reports_each_correlation_with_its_interval_and_a_heatmap(
 
     report = (folder / "report.md").read_text()
     assert "## Zero-cost metrics against the costly ones" in report and "### Conclusion" in report
+    # Each run timed generating (inference.json), its rate in the training table.
+    for cell in ("lr-1e-4", "lr-1e-2", "lr-3e-1"):
+        run = folder / cell / "seed-1" / "instruction-cpu"
+        rate = json.loads((run / "inference.json").read_text())["tokens_per_second"]
+        training = report[report.index("## Training") :].splitlines()
+        [row] = [line for line in training if line.startswith(f"| {cell} | ")]
+        assert row.split(" | ")[5] == f"{rate:.4g}"
     assert (folder / "correlations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

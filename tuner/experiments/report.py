@@ -14,6 +14,7 @@ from tuner.errors import TunerError
 from tuner.experiments.criteria import check_cells, criteria_markdown
 from tuner.experiments.spec import Experiment, Grid, Run, experiment_dir
 from tuner.experiments.validity import HEATMAP, correlate, correlations_markdown, plot_heatmap
+from tuner.inference_speed import measured
 from tuner.manifest import read_manifest
 from tuner.plan import Plan
 from tuner.significance import (
@@ -186,11 +187,13 @@ def training_record(run: Run) -> dict[str, Any]:
 
     manifest = read_manifest(run.run_dir / "manifest.json") or {}
     evaluated = loss_history(run.run_dir, "eval_loss")
+    speed = measured(run.run_dir)
     return {
         "seed": run.seed,
         "training_s": manifest.get("wall_time_s"),
         "train_loss": manifest.get("final_loss"),
         "eval_loss": evaluated[-1][1] if evaluated else None,
+        "inference_tokens_per_s": speed.tokens_per_second if speed else None,
         "weights": manifest.get("trained_weights"),
     }
 
@@ -219,11 +222,12 @@ def costs_markdown(rows: list[dict]) -> list[str]:
         "## Training",
         "",
         "Per cell, the mean over its seeds; the trained parameters and bytes saved are the",
-        "first seed's (every seed trains the same shapes).",
+        "first seed's (every seed trains the same shapes). Inference: tokens/s generating",
+        "with transformers at batch size 1, where the experiment measures it.",
         "",
-        "| cell | planned peak (GiB) | time (s) | train loss | eval loss | trained "
-        "parameters | share of the base | saved (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | planned peak (GiB) | time (s) | train loss | eval loss | inference "
+        "(tok/s) | trained parameters | share of the base | saved (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         weights = next((r["weights"] for r in row["runs"] if r["weights"]), None) or {}
@@ -234,6 +238,7 @@ def costs_markdown(rows: list[dict]) -> list[str]:
             f"| {row['cell']} | {row['planned_peak_gib']:.1f} | "
             f"{mean_of(row['runs'], 'training_s')} | {mean_of(row['runs'], 'train_loss')} | "
             f"{mean_of(row['runs'], 'eval_loss')} | "
+            f"{mean_of(row['runs'], 'inference_tokens_per_s')} | "
             f"{'—' if trained is None else f'{trained:,}'} | "
             f"{'—' if fraction is None else f'{fraction:.3%}'} | "
             f"{'—' if saved is None else f'{saved / 1e6:.3g}'} |"

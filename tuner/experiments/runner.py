@@ -169,11 +169,16 @@ def prepare_data(name: str, grid: Grid, source: Path, console: Console) -> None:
 
 def finished(run: Run, task: str, hardware: str, grid: Grid) -> bool:
     """Trained with the config this grid composes for it, on the same local data (a
-    prepared tier written again from a changed input differs), and evaluated with the
-    grid's evaluation options: a changed grid, override or data runs it again."""
+    prepared tier written again from a changed input differs), evaluated with the grid's
+    evaluation options, and timed generating where the grid asks: a changed grid,
+    override or data runs it again."""
+    from tuner.inference_speed import measured
+
     manifest = read_manifest(run.run_dir / "manifest.json") or {}
     results_path = run.results_path(task, grid)
     if manifest.get("status") != "completed" or not results_path.is_file():
+        return False
+    if grid.measure_inference and measured(run.run_dir) is None:
         return False
     with runs_folder(run.folder):
         recipe = compose(task, hardware, run.overrides)
@@ -202,6 +207,12 @@ def run_one(run: Run, task: str, hardware: str, grid: Grid, fresh: bool) -> dict
         if fresh or manifest.get("status") != "completed":
             train(task, hardware, run.overrides, fresh=fresh)
         seconds["train_s"] = time.monotonic() - start
+        if grid.measure_inference:
+            from tuner.inference_speed import measure_inference
+
+            start = time.monotonic()
+            measure_inference(run.run_dir)
+            seconds["inference_s"] = time.monotonic() - start
         start = time.monotonic()
         run_in_infer("eval", task, hardware, *eval_options(grid))
         seconds["eval_s"] = time.monotonic() - start

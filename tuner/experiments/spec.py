@@ -106,6 +106,9 @@ class Grid(BaseModel):
     correlations: Correlations | None = None
     budget: Budget = Budget()
     prepare: Prepare | None = None
+    # Each trained run also generating with transformers at batch size 1, timed: its
+    # tokens/s beside the training costs in the report (tuner/inference_speed.py).
+    measure_inference: bool = False
 
     @property
     def reported_metrics(self) -> list[str]:
