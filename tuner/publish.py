@@ -97,7 +97,6 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
         raise TunerError("publish: give the Hub repository, e.g. repo=my-org/math-qwen-lora.")
     run = run_dir(task, hardware)
     manifest = finished_manifest(run, task, hardware)
-    config = yaml.safe_load((run / "config.yaml").read_text())
     kind = weights_kind(run)
     merge = options["merged"] == "true"
     if merge and kind != "lora":
@@ -120,6 +119,35 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
         )
 
     out = run / "publish"
+    write_folder(run, out, options["repo"], manifest, kind, merge, base, license_id, console)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    private = options["private"] == "true"
+    message = f"llm-tuner: {task} on {hardware}"
+    url = upload(out, options["repo"], "model", private, message, console)
+    return Published(out, options["repo"], files, url)
+
+
+def write_folder(
+    run: Path,
+    out: Path,
+    repo: str,
+    manifest: dict[str, Any],
+    kind: str,
+    merge: bool,
+    base: str | None,
+    license_id: str,
+    console: Console,
+) -> None:
+    """The repository's files, written beside `out` and moved there once complete, so
+    that a failure leaves the last complete folder, or none."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as problem:
+        raise TunerError(
+            f"publish: {run / 'config.yaml'} is not the run's readable config "
+            f"({str(problem).splitlines()[0]}); train the run again with --fresh."
+        ) from None
+    task, hardware = manifest["task"], manifest["hardware"]
     staging = run / "publish.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -138,7 +166,7 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
         if comparison:
             shutil.copy2(comparison_path, staging / "comparison.json")
         card = model_card(
-            options["repo"], task, hardware, config, manifest, base, license_id, weights, comparison
+            repo, task, hardware, config, manifest, base, license_id, weights, comparison
         )
         card.save(staging / "README.md")
     except BaseException:
@@ -146,11 +174,6 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
         raise
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    private = options["private"] == "true"
-    message = f"llm-tuner: {task} on {hardware}"
-    url = upload(out, options["repo"], "model", private, message, console)
-    return Published(out, options["repo"], files, url)
 
 
 def finished_manifest(run: Path, task: str, hardware: str) -> dict[str, Any]:
