@@ -6,6 +6,9 @@ environment, which is never printed."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -13,7 +16,8 @@ from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.models import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
-from tuner.project import RECIPES, ROOT
+from tuner.options import Option, choice
+from tuner.project import RECIPES, local_path
 
 LICENSES = RECIPES / "licenses.yaml"
 LICENSE_IDS = "https://huggingface.co/docs/hub/repositories-licenses"
@@ -32,17 +36,32 @@ def hub_repo(raw: str) -> str:
     return raw
 
 
+PRIVATE = Option(choice("true", "false"), "false", "create the repository as private")
+
+
 def hub_id(model: str) -> str | None:
     """A model as the Hub names it: a hub id as it is, the embedded default by the id
     of the model its GGUF was made from; None for another local folder."""
-    if model == EMBEDDED:
+    path = local_path(model)
+    if model == EMBEDDED or Path(path) == embedded_model_dir().resolve():
         return EMBEDDED_HUB_ID
-    folder = Path(model) if Path(model).is_absolute() else ROOT / model
-    if folder.resolve() == embedded_model_dir().resolve():
-        return EMBEDDED_HUB_ID
-    if model.startswith((".", "/")) or folder.exists():
-        return None
-    return model
+    return None if path != model or model.startswith("/") else model
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A folder to write the repository's files in, beside `out`, which replaces `out`
+    once the block completes: a failure leaves the last complete folder, or none."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
 
 
 def known_license(model: str | None) -> str | None:

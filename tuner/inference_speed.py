@@ -1,8 +1,8 @@
 """How fast a trained run generates: its base model with its adapter (PEFT: LoRA or a
 prompt-tuning soft prompt) or its full weights, answering chat prompts one at a time
-with transformers, greedy, a fixed number of new tokens each. The seed report compared
-LoRA with prompt tuning this way (tokens/s at batch size 1); an experiment asks for it
-with `measure_inference: true`, and its report puts it beside the training costs.
+with transformers, greedy, a fixed number of new tokens each: tokens/s at batch size 1,
+the inference speed a comparison of LoRA with prompt tuning reports. An experiment asks
+for it with `measure_inference: true`, and its report puts it beside the training costs.
 
 vLLM is not the engine here: it cannot load a prompt-tuning adapter, and the two
 methods must be timed alike.
@@ -18,7 +18,7 @@ from pathlib import Path
 from tuner.evaluate.suites import FIXTURES_DIR
 from tuner.manifest import read_manifest, sha256_file
 from tuner.parameters import ADAPTER_FILE, weight_files
-from tuner.project import ROOT
+from tuner.project import local_path
 
 RESULT = "inference.json"
 PROMPTS = FIXTURES_DIR / "chat.jsonl"
@@ -65,7 +65,7 @@ def measure_inference(run_dir: Path, prompts: int = 4, new_tokens: int = 32) -> 
     dtype = "bfloat16" if device == "cuda" else cpu_dtype()
     adapter = (run_dir / ADAPTER_FILE).is_file()
     base = str((read_manifest(run_dir / "manifest.json") or {})["base_model"])
-    source = run_dir if not adapter else ROOT / base if base.startswith("./") else base
+    source = local_path(base) if adapter else run_dir
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     if adapter:
         from peft import PeftModel

@@ -65,6 +65,13 @@ def local_file(path: str) -> Path | None:
     return candidate if path and candidate.is_file() else None
 
 
+def local_path(name: str) -> str:
+    """A model path as the recipe writes it (relative to the repository root) made
+    absolute; a hub id stays as it is."""
+    candidate = ROOT / name
+    return str(candidate.resolve()) if name.startswith(".") or candidate.exists() else name
+
+
 def portable(path: Path) -> str:
     """A path as written into a composed config: relative to the repository root when
     it lies inside it (so the config works from any clone, run from the root), else

@@ -22,9 +22,10 @@ import yaml
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.hub import hub_id, hub_repo, known_license, license_needed, upload
+from tuner.hub import PRIVATE, hub_id, hub_repo, known_license, license_needed, staged, upload
 from tuner.options import Option, Options, choice, parse_options
-from tuner.project import RECIPES, ROOT, run_dir
+from tuner.project import RECIPES, local_file, local_path, run_dir
+from tuner.publish_data import filter_summary, is_filter_stats, read_stats
 from tuner.recipes import load_task
 
 # Models trained from scratch start from a shape here: there is no base model to name.
@@ -66,7 +67,7 @@ RECIPE_KEYS = (
 
 OPTIONS: Options = {
     "repo": Option(hub_repo, None, "the Hub repository to publish to, ORG/NAME (required)"),
-    "private": Option(choice("true", "false"), "false", "create the repository as private"),
+    "private": PRIVATE,
     "merged": Option(
         choice("true", "false"),
         "false",
@@ -138,8 +139,8 @@ def write_folder(
     license_id: str,
     console: Console,
 ) -> None:
-    """The repository's files, written beside `out` and moved there once complete, so
-    that a failure leaves the last complete folder, or none."""
+    """The repository's files in `out`, which keeps its last complete contents if this
+    fails."""
     try:
         config = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as problem:
@@ -148,14 +149,11 @@ def write_folder(
             f"({str(problem).splitlines()[0]}); train the run again with --fresh."
         ) from None
     task, hardware = manifest["task"], manifest["hardware"]
-    staging = run / "publish.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged(out) as staging:
         if merge:
             merge_into(run, manifest["base_model"], config, staging, console)
             weights = "merged"
         else:
-            staging.mkdir(parents=True)
             copy_matching(run, staging, ADAPTER_FILES if kind != "full" else MODEL_FILES)
             weights = kind
             if kind != "full" and base:
@@ -169,11 +167,6 @@ def write_folder(
             repo, task, hardware, config, manifest, base, license_id, weights, comparison
         )
         card.save(staging / "README.md")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    staging.replace(out)
 
 
 def finished_manifest(run: Path, task: str, hardware: str) -> dict[str, Any]:
@@ -213,8 +206,7 @@ def hub_base_model(manifest: dict[str, Any], given: str | None) -> str | None:
         return given
     if (named := hub_id(base)) is not None:
         return named
-    folder = Path(base) if Path(base).is_absolute() else ROOT / base
-    if folder.resolve().is_relative_to(SHAPES.resolve()):
+    if Path(local_path(base)).is_relative_to(SHAPES.resolve()):
         return None
     raise TunerError(
         f"publish: the run trained from the local folder {base}; the card names its base "
@@ -244,8 +236,7 @@ def merge_into(
     dtype = (
         "bfloat16" if config.get("bf16") is True else "float16" if config.get("fp16") else "float32"
     )
-    base = str(ROOT / base_model) if base_model.startswith("./") else base_model
-    merged_model(run, base, dtype, out, console)
+    merged_model(run, local_path(base_model), dtype, out, console)
     # Its record of where the adapter lay on this machine stays here.
     (out / STAMP).unlink()
 
@@ -398,25 +389,11 @@ def data_lines(datasets: list[dict[str, Any]]) -> str:
             lines.append(f"- {where}" + (f" ({', '.join(details)})" if details else ""))
             continue
         lines.append(f"- `{Path(entry['path']).name}`, a local file (sha256 {entry.get('sha256')})")
-        stats = ROOT / entry["path"]
-        stats = stats.parent / "stats.json" if stats.is_file() else None
-        if stats and stats.is_file():
-            lines.append(f"  - {filter_line(stats)}")
+        local = local_file(entry["path"])
+        stats = read_stats(local.parent / "stats.json") if local else None
+        if stats and is_filter_stats(stats):
+            lines.append(f"  - {filter_summary(stats)}")
     return "\n".join(lines) or "No dataset recorded."
-
-
-def filter_line(stats_path: Path) -> str:
-    """The filter's statistics of a generated dataset, where `just filter` wrote them."""
-    try:
-        stats = json.loads(stats_path.read_text())
-        kept, total = stats["kept"], stats["input_records"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return f"beside it, {stats_path.name} is not the filter's statistics"
-    removed = ", ".join(f"{rule} {n}" for rule, n in stats.get("removed_by_rule", {}).items())
-    return (
-        f"filtered by `just filter`: kept {kept} of {total} records; "
-        f"removed by rule: {removed or 'none'}"
-    )
 
 
 def evaluation_section(comparison: dict[str, Any] | None) -> str:

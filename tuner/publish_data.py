@@ -20,13 +20,13 @@ from typing import Any
 from rich.console import Console
 
 from tuner.errors import TunerError
-from tuner.hub import hub_id, hub_repo, known_license, license_needed, upload
-from tuner.options import Option, Options, choice, parse_options
+from tuner.hub import PRIVATE, hub_id, hub_repo, known_license, license_needed, staged, upload
+from tuner.options import Option, Options, parse_options
 from tuner.records import Conversation, PreferencePair, read_records, text_lines
 
 OPTIONS: Options = {
     "repo": Option(hub_repo, None, "the Hub dataset repository, ORG/NAME (required)"),
-    "private": Option(choice("true", "false"), "false", "create the repository as private"),
+    "private": PRIVATE,
     "license": Option(
         str, None, "the card's license, a Hub license id (default: the generator model's)"
     ),
@@ -61,11 +61,25 @@ def read_stats(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def is_filter_stats(stats: dict[str, Any]) -> bool:
+    return {"kept", "input_records", "inputs"} <= stats.keys()
+
+
+def filter_summary(stats: dict[str, Any]) -> str:
+    """What `just filter` kept and removed, from its stats.json."""
+    removed = stats.get("removed_by_rule") or {}
+    rules = ", ".join(f"{rule} {n}" for rule, n in removed.items()) or "none"
+    return (
+        f"Filtered by `just filter`: kept {stats['kept']} of {stats['input_records']} "
+        f"({stats.get('kept_fraction', 0):.1%}); failed by rule: {rules}."
+    )
+
+
 def provenance(records: Path) -> Provenance:
     found = Provenance()
     beside = read_stats(records.parent / "stats.json")
     sources = [records]
-    if beside and {"kept", "input_records", "inputs"} <= beside.keys():
+    if beside and is_filter_stats(beside):
         found.filtering = beside
         found.files["provenance/filter-stats.json"] = records.parent / "stats.json"
         sources = [Path(p) for p in beside["inputs"]]
@@ -115,20 +129,13 @@ def publish_data(input_path: str, option_pairs: list[str], console: Console) -> 
             f"publish-data: no generator model with a known license made {records}"
         )
     out = records.with_suffix(".publish")
-    staging = records.with_suffix(".publish.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged(out) as staging:
         (staging / DATA_FILE).parent.mkdir(parents=True)
         shutil.copy2(records, staging / DATA_FILE)
         for name, source in found.files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, staging / name)
         dataset_card(options["repo"], kind, count, license_id, found).save(staging / "README.md")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    staging.replace(out)
     private = options["private"] == "true"
     url = upload(out, options["repo"], "dataset", private, f"llm-tuner: {records.name}", console)
     return PublishedData(out, options["repo"], count, url)
@@ -197,11 +204,7 @@ def provenance_lines(found: Provenance) -> str:
             if against
             else "not run (no evaluation sets given)"
         )
-        rules = ", ".join(f"{rule} {n}" for rule, n in removed.items()) or "none"
-        lines.append(
-            f"- Filtered by `just filter`: kept {stats['kept']} of {stats['input_records']} "
-            f"({stats.get('kept_fraction', 0):.1%}); failed by rule: {rules}."
-        )
+        lines.append(f"- {filter_summary(stats)}")
         lines.append(f"- Decontamination: {decontamination}.")
     if found.pairing:
         stats = found.pairing

@@ -47,7 +47,7 @@ from tuner.evaluate.suites import VARIANTS, Suite, definitions_digest, load_suit
 from tuner.manifest import read_manifest, sha256_file, sha256_text
 from tuner.models import embedded_model_dir, ensure_embedded_model
 from tuner.options import Option, choice, parse_options, positive_int
-from tuner.project import ROOT, run_dir, runs_folder
+from tuner.project import local_path, run_dir, runs_folder
 from tuner.recipes import compose, load_hardware, load_task
 from tuner.seeds import SEEDS_KEY, SEEDS_OPTIONS, seed_runs
 
@@ -116,13 +116,6 @@ def run_config(task: str, hardware: str) -> dict[str, Any]:
     if path.is_file():
         return yaml.safe_load(path.read_text())
     return compose(task, hardware, formats=False).config
-
-
-def local_path(name: str) -> str:
-    """A model path as the recipe writes it (relative to the repository root) made
-    absolute; a hub id stays as it is."""
-    candidate = ROOT / name
-    return str(candidate.resolve()) if name.startswith(".") or candidate.exists() else name
 
 
 def models_under_test(
