@@ -75,6 +75,10 @@ eval task hw *options: setup
 experiment name hw *overrides: setup
     {{python}} -m tuner experiment "$@"
 
+# Chat with a finished run: vLLM's OpenAI-compatible server, adapter and base (port=, host=)
+serve task hw *options: setup
+    {{infer}} -m tuner serve "$@"
+
 # Write a finished run's Hub repository with its model card, uploaded with HF_TOKEN (repo=ORG/NAME)
 publish task hw *options: setup
     {{python}} -m tuner publish "$@"

@@ -325,3 +325,93 @@ def test_publish_refuses_what_it_cannot_publish_and_leaves_nothing(demo, cli, ru
     assert cli("publish", "instruction", "cpu", "repo=not a repo").returncode == 2
     assert "give the Hub repository" in cli("publish", "instruction", "cpu").stderr
     assert not runs.exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_answers_as_the_adapter_and_as_the_base_and_stops_on_sigint(demo):
+    """`just serve instruction cpu` on a loopback port: vLLM's CPU build serves the
+    demo's adapter and its base; the openai client talks to both, and the adapter's
+    answer to a training prompt is not the base's. SIGINT stops the server."""
+    import socket
+    import time
+
+    clone, _ = demo
+    port = free_port()
+    python = clone.root / ".venvs/infer/bin/python"
+    server = subprocess.Popen(
+        [str(python), "-m", "tuner", "serve", "instruction", "cpu", f"port={port}"],
+        cwd=clone.root,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        printed = []
+        for line in server.stdout:  # the usage lines come once the server answers
+            printed.append(line)
+            if line.startswith("print(reply"):
+                break
+        usage = "".join(printed)
+        assert f"Serving at http://127.0.0.1:{port}/v1: instruction, " in usage, (
+            usage + server.stderr.read()[-3000:] if server.poll() is not None else usage
+        )
+        assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in usage
+        # Prompts it trained on, without their answers.
+        roles = {"system": "system", "human": "user"}
+        conversations = [
+            [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"][:2]]
+            for row in map(json.loads, (clone.root / "recipes/data/instruction.jsonl").open())
+        ][:4]
+        base = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        answers = infer_chat(port, ["instruction", base], conversations)
+        assert all(all(replies) for replies in answers.values()), answers
+        assert answers["instruction"] != answers[base]
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0
+        assert "Server stopped." in server.stderr.read()
+        time.sleep(1)
+        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.1", port))
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def infer_chat(port: int, models: list[str], conversations: list[list[dict]]) -> dict:
+    """Each model's greedy answers through the openai client (the inference
+    environment's, as a user of the server would have it)."""
+    from tests.infer_env import infer_json
+
+    script = f"""
+import json
+from openai import OpenAI
+client = OpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="none")
+answers = {{model: [] for model in {models!r}}}
+for messages in json.loads({json.dumps(conversations)!r}):
+    for model in answers:
+        reply = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=48, messages=messages
+        )
+        answers[model].append(reply.choices[0].message.content)
+print(json.dumps(answers))
+"""
+    return infer_json(script)
+
+
+def test_serve_refuses_an_open_host_without_an_api_key(demo, cli, monkeypatch):
+    clone, _ = demo
+    monkeypatch.setenv("TUNER_RUNS", str(clone.runs))
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    done = cli("serve", "instruction", "cpu", "host=0.0.0.0")
+    assert done.returncode == 2
+    assert "host=0.0.0.0" in done.stderr and "VLLM_API_KEY" in done.stderr
+    assert "port=70000 is not valid" in cli("serve", "instruction", "cpu", "port=70000").stderr

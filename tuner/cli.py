@@ -209,6 +209,12 @@ def cmd_prefs(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from tuner.serve import serve
+
+    serve(args.task, args.hardware, args.options, err)
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from tuner.publish import publish
 
@@ -433,6 +439,18 @@ COMMANDS = (
         "difference, interval and corrected p-value. Overrides apply to every run.",
         options=("tuner.experiments.runner:EXPERIMENT_OPTIONS",),
         own=True,
+    ),
+    Command(
+        "serve",
+        "the run's adapter and its base behind vLLM's OpenAI-compatible server",
+        cmd_serve,
+        (*TASK_HW, STAGE_OPTIONS),
+        description="Serves the run's LoRA adapter under the task's name and its base model "
+        "under the base's hub id, both with the chat template the run trained with, from "
+        "one vLLM server (a model trained from scratch, alone, under the task's name). The "
+        "API key comes from VLLM_API_KEY in the environment; binding to an address other "
+        "than loopback needs one. vLLM's log goes to runs/TASK-HW/serve.log; Ctrl-C stops.",
+        options=("tuner.serve:OPTIONS",),
     ),
     Command(
         "publish",

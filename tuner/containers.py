@@ -36,6 +36,7 @@ PASSED_BY_NAME = (
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_ALLOW_FILE_STORE",
+    "VLLM_API_KEY",
 )
 ENGINES = ("docker", "podman", "buildah")
 
@@ -170,9 +171,11 @@ def hf_cache() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
 
 
-def run_command(hardware: str, arguments: list[str]) -> list[str]:
-    """`docker run` of `just ARGUMENTS` in the target's image."""
+def run_command(hardware: str, arguments: list[str], host_network: bool = False) -> list[str]:
+    """`docker run` of `just ARGUMENTS` in the target's image; `host_network`: on the
+    host's network, so a server inside binds to the host's addresses (loopback too)."""
     command = ["docker", "run", "--rm", "--gpus", "all", "--ipc=host"]
+    command += ["--network", "host"] if host_network else []
     command += ["--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
     command += ["-v", f"{ROOT}:{WORKSPACE}"]
     command += ["-v", f"{hf_cache()}:{CONTAINER_HOME}/.cache/huggingface"]
@@ -181,12 +184,12 @@ def run_command(hardware: str, arguments: list[str]) -> list[str]:
     return [*command, image_tag(hardware), *arguments]
 
 
-def run_in_image(hardware: str, arguments: list[str]) -> None:
-    command = run_command(hardware, arguments)
+def run_in_image(hardware: str, arguments: list[str], host_network: bool = False) -> None:
+    command = run_command(hardware, arguments, host_network)
     print("$ " + " ".join(command), flush=True)
     code = subprocess.run(command, cwd=ROOT).returncode
     if code != 0:
         raise TunerError(
-            f"Training in the {image_tag(hardware)} image failed (exit code {code}). "
+            f"`{arguments[0]}` in the {image_tag(hardware)} image failed (exit code {code}). "
             f"If the image is missing, build it first: `just build {hardware}`."
         )

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import TunerError
 from tuner.project import ROOT, local_file
 
 LIBRARIES = (
@@ -90,3 +91,35 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def finished_manifest(run: Path, task: str, hardware: str, command: str) -> dict[str, Any]:
+    """The manifest of a completed run, for a command that needs one (`command`
+    names it in the errors)."""
+    path = run / "manifest.json"
+    if not path.is_file():
+        raise TunerError(
+            f"{command}: {run} holds no run (no manifest.json). Train it first: "
+            f"`just train {task} {hardware}`."
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise TunerError(f"{command}: {path} is not readable JSON ({problem}).") from None
+    if manifest.get("status") != "completed":
+        raise TunerError(
+            f"{command}: the run in {run} is {manifest.get('status', 'not finished')}, not "
+            f"completed. Finish it first: `just train {task} {hardware}` resumes it."
+        )
+    return manifest
+
+
+def weights_kind(run: Path, command: str) -> str:
+    """lora, prompt-tuning (a PEFT adapter) or full (every weight trained)."""
+    adapter_config = run / "adapter_config.json"
+    if adapter_config.is_file():
+        peft_type = json.loads(adapter_config.read_text()).get("peft_type", "")
+        return "prompt-tuning" if peft_type == "PROMPT_TUNING" else "lora"
+    if (run / "config.json").is_file() and any(run.glob("model*.safetensors")):
+        return "full"
+    raise TunerError(f"{command}: {run} holds neither an adapter nor a model's weights.")

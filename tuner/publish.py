@@ -23,6 +23,7 @@ from rich.console import Console
 
 from tuner.errors import TunerError
 from tuner.hub import PRIVATE, hub_id, hub_repo, known_license, license_needed, staged, upload
+from tuner.manifest import finished_manifest, weights_kind
 from tuner.options import Option, Options, choice, parse_options
 from tuner.project import RECIPES, local_file, local_path, run_dir
 from tuner.publish_data import filter_summary, is_filter_stats, read_stats
@@ -97,8 +98,8 @@ def publish(task: str, hardware: str, option_pairs: list[str], console: Console)
     if options["repo"] is None:
         raise TunerError("publish: give the Hub repository, e.g. repo=my-org/math-qwen-lora.")
     run = run_dir(task, hardware)
-    manifest = finished_manifest(run, task, hardware)
-    kind = weights_kind(run)
+    manifest = finished_manifest(run, task, hardware, "publish")
+    kind = weights_kind(run, "publish")
     merge = options["merged"] == "true"
     if merge and kind != "lora":
         holds = (
@@ -167,36 +168,6 @@ def write_folder(
             repo, task, hardware, config, manifest, base, license_id, weights, comparison
         )
         card.save(staging / "README.md")
-
-
-def finished_manifest(run: Path, task: str, hardware: str) -> dict[str, Any]:
-    path = run / "manifest.json"
-    if not path.is_file():
-        raise TunerError(
-            f"publish: {run} holds no run (no manifest.json). Train it first: "
-            f"`just train {task} {hardware}`."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
-        raise TunerError(f"publish: {path} is not readable JSON ({problem}).") from None
-    if manifest.get("status") != "completed":
-        raise TunerError(
-            f"publish: the run in {run} is {manifest.get('status', 'not finished')}, not "
-            f"completed. Finish it first: `just train {task} {hardware}` resumes it."
-        )
-    return manifest
-
-
-def weights_kind(run: Path) -> str:
-    """lora, prompt-tuning (a PEFT adapter) or full (every weight trained)."""
-    adapter_config = run / "adapter_config.json"
-    if adapter_config.is_file():
-        peft_type = json.loads(adapter_config.read_text()).get("peft_type", "")
-        return "prompt-tuning" if peft_type == "PROMPT_TUNING" else "lora"
-    if (run / "config.json").is_file() and any(run.glob("model*.safetensors")):
-        return "full"
-    raise TunerError(f"publish: {run} holds neither an adapter nor a model's weights.")
 
 
 def hub_base_model(manifest: dict[str, Any], given: str | None) -> str | None:
