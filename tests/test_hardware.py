@@ -69,8 +69,61 @@ def test_a_broken_profile_names_the_file():
     ],
 )
 def test_one_process_per_gpu_of_a_multi_gpu_target_else_axolotls_own(hardware, launcher):
-    from tuner.train import launcher_args, multi_process
+    from tuner.launch import launcher_args, multi_process
 
     recipe = compose("math", hardware)
     assert launcher_args(recipe) == launcher
     assert multi_process(recipe) == (hardware == "4090x8")
+
+
+def test_several_machines_launch_through_torchrun_with_the_rendezvous_of_the_environment():
+    from tuner.launch import launcher_args, rendezvous
+
+    recipe = compose("math", "4090x8", ["nodes=2"])
+    meeting = rendezvous(2, {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "1"})
+    assert launcher_args(recipe, meeting) == [
+        "--launcher",
+        "torchrun",
+        "--",
+        "--nnodes=2",
+        "--nproc_per_node=8",
+        "--node_rank=1",
+        "--master_addr=10.0.0.1",
+        "--master_port=29500",
+    ]
+    assert not meeting.primary and rendezvous(1, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "0"}, "MASTER_PORT is not set"),
+        ({"MASTER_ADDR": "a", "MASTER_PORT": "x", "NODE_RANK": "0"}, "must be whole numbers"),
+        ({"MASTER_ADDR": "a", "MASTER_PORT": "70000", "NODE_RANK": "0"}, "not a TCP port"),
+        ({"MASTER_ADDR": "a", "MASTER_PORT": "29500", "NODE_RANK": "2"}, "must lie in 0..1"),
+    ],
+)
+def test_a_missing_or_wrong_rendezvous_is_refused_with_what_to_set(env, named):
+    from tuner.launch import rendezvous
+
+    with pytest.raises(TunerError, match=named):
+        rendezvous(2, env)
+
+
+def test_the_planner_spreads_a_multi_node_run_over_every_device():
+    from tuner.plan import make_plan
+
+    one, two = (make_plan("math", "4090x8", ["adapter=null", f"nodes={n}"]) for n in (1, 2))
+    assert (one.devices, two.devices) == (8, 16)
+    # ZeRO-3 (the overlay's for full weights) shards over all 16 cards; data parallel
+    # halves the steps; the price counts both machines.
+    assert two.memory.allocated < one.memory.allocated
+    assert two.steps == pytest.approx(one.steps / 2, abs=1)
+    assert two.cost == pytest.approx(one.cost, rel=0.01)
+
+
+def test_full_weights_on_4090x8_shard_with_zero3_unless_the_user_says_otherwise():
+    assert compose("math", "4090x8", ["adapter=null"]).config["deepspeed"].endswith("zero3.json")
+    assert compose("math", "4090x8").config["deepspeed"].endswith("zero2.json")
+    kept = compose("pretrain", "4090x8", ["deepspeed=recipes/deepspeed/zero2.json"])
+    assert kept.config["deepspeed"].endswith("zero2.json")

@@ -228,3 +228,51 @@ def test_w_and_b_and_mlflow_log_the_resumed_run_when_the_environment_names_them(
     assert logged.info.run_name == "instruction-cpu"
     history = {m.step: m.value for m in client.get_metric_history(logged.info.run_id, "loss")}
     assert history == pytest.approx(after)
+
+
+def test_two_nodes_on_loopback_train_one_run_over_gloo(tiny_model, tiny_run, tmp_path):
+    """`just train instruction cpu nodes=2` on two "machines" that meet on loopback, as
+    two GPU nodes meet at MASTER_ADDR: Axolotl's torchrun launch, one process each,
+    DDP over gloo. Each step takes a micro-batch from each, so an epoch goes by twice
+    as fast as in the one-process tiny run."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runs = tmp_path / "runs"
+    args = ["train", "instruction", "cpu", "nodes=2", *tiny_run["overrides"][:1]]
+    args += ["max_steps=4", "save_steps=4"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tuner", *args],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "TUNER_RUNS": str(runs),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "NODE_RANK": str(rank),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    done = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, stderr) in zip(nodes, done, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    run = runs / "instruction-cpu"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+    launched = (run / "logs" / "axolotl.node-1.log").read_text()
+    assert "--launcher torchrun -- --nnodes=2 --nproc_per_node=1 --node_rank=1" in launched
+    assert f"--master_addr=127.0.0.1 --master_port={port}" in launched
+
+    def epoch_per_step(folder) -> float:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        return state["epoch"] / state["global_step"]
+
+    one = epoch_per_step(tiny_run["runs"] / "instruction-cpu" / f"checkpoint-{STEPS}")
+    assert epoch_per_step(run / "checkpoint-4") == pytest.approx(2 * one, rel=0.05)
+    assert (run / "adapter_model.safetensors").is_file()

@@ -37,6 +37,10 @@ PASSED_BY_NAME = (
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_ALLOW_FILE_STORE",
     "VLLM_API_KEY",
+    # A multi-node run's rendezvous (tuner.launch).
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
 )
 ENGINES = ("docker", "podman", "buildah")
 

@@ -73,6 +73,9 @@ class Plan:
     # Fits only with part of the paged optimizer states in CPU memory.
     paging: bool
     workload: Workload
+    # Devices the run is spread over: the overlay's GPUs on each of `nodes` machines.
+    nodes: int
+    devices: int
     tokens: float
     steps: int
     hours: float | None
@@ -202,7 +205,7 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
     recipe = compose(task, hardware, overrides, formats=False)
     config = recipe.config
     profile: GpuProfile | None = gpu_profile(recipe.meta, hardware)
-    gpus = profile.count if profile else 1
+    gpus = (profile.count if profile else 1) * recipe.nodes
     model = model_for(recipe)
     arch = architecture_for(model)
     training = Training.from_config(config, gpus)
@@ -224,7 +227,8 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
         flops = tokens * flops_per_token(arch, training, sequence)
         hours = flops / (profile.peak_tflops * 1e12 * gpus * utilisation) / 3600
         price = price if price is not None else profile.price_per_hour
-        cost = hours * price if price is not None else None
+        # The price is one machine's: each of the nodes costs it.
+        cost = hours * price * recipe.nodes if price is not None else None
     advice = [] if fits else suggestions(arch, training, card_gib * GIB * HEADROOM, context_gib)
     return Plan(
         task=task,
@@ -237,6 +241,8 @@ def make_plan(task: str, hardware: str, arguments: list[str]) -> Plan:
         fits=fits,
         paging=paging,
         workload=workload,
+        nodes=recipe.nodes,
+        devices=gpus,
         tokens=tokens,
         steps=steps,
         hours=hours,
@@ -296,12 +302,14 @@ def print_plan(plan: Plan, console: Console) -> None:
     for override in plan.suggestions:
         console.print(f"  try: {override}")
     w = plan.workload
+    spread = f" over {plan.nodes} nodes, {plan.devices} devices" if plan.nodes > 1 else ""
     console.print(
         f"Data: {w.rows:,} rows × {w.tokens_per_row:,.0f} tokens ({w.source}); "
-        f"{plan.tokens:,.0f} tokens to train in {plan.steps:,} steps."
+        f"{plan.tokens:,.0f} tokens to train in {plan.steps:,} steps{spread}."
     )
     if plan.hours is not None:
-        cost = f", about {plan.cost:,.2f} at {plan.price_per_hour}/h" if plan.cost else ""
+        machines = f" × {plan.nodes} machines" if plan.nodes > 1 else ""
+        cost = f", about {plan.cost:,.2f} at {plan.price_per_hour}/h{machines}" if plan.cost else ""
         console.print(
             f"Time: about {plan.hours:,.1f} h at {plan.utilisation:.0%} of the card's peak "
             f"(an assumption: mfu= overrides it){cost}."

@@ -40,6 +40,7 @@ META_KEY = "tuner"
 DATA_KEY = "data"
 DATA_SIZE_KEY = "data_size"
 METHOD_KEY = "method"
+NODES_KEY = "nodes"
 
 
 def method_names() -> list[str]:
@@ -68,6 +69,12 @@ RECIPE_OPTIONS = {
         None,
         "a training method of recipes/methods/ over the task and the overlay, e.g. "
         "prompt-tuning; the overlay's adapter (LoRA, QLoRA) by default",
+    ),
+    NODES_KEY: Option(
+        positive_int,
+        1,
+        "machines to train on, each with the overlay's GPUs; the rendezvous comes from "
+        "MASTER_ADDR, MASTER_PORT and NODE_RANK in each one's environment",
     ),
 }
 # Keys of a dataset entry that say where the data comes from; the rest says how to read it.
@@ -172,6 +179,11 @@ class ComposedRecipe:
     def starts_from(self) -> str | None:
         return self.meta.get("starts_from")
 
+    @property
+    def nodes(self) -> int:
+        """Machines the run trains on (`nodes=`), each with the overlay's GPUs."""
+        return self.meta.get(NODES_KEY, 1)
+
     def to_yaml(self) -> str:
         header = (
             f"# Composed by `just config {self.task} {self.hardware}`: recipes/base.yaml + "
@@ -236,6 +248,13 @@ def compose(
         merged = deep_merge(merged, layer)
     meta = merged.pop(META_KEY, {}) or {}
     config = merged
+    meta[NODES_KEY] = options[NODES_KEY]
+    if not config.get("adapter") and meta.get("full_weights"):
+        # What the machine needs where every weight trains (ZeRO-3 on 4090x8); the
+        # user's own keys still win.
+        config = deep_merge(
+            config, {k: v for k, v in meta["full_weights"].items() if k not in user}
+        )
 
     out = run_dir(task, hardware)
     if data_size is not None and not isinstance(data, dict):
@@ -278,6 +297,8 @@ def compose(
         overrides_given[DATA_SIZE_KEY] = data_size
     if options[METHOD_KEY]:
         overrides_given[METHOD_KEY] = options[METHOD_KEY]
+    if options[NODES_KEY] > 1:
+        overrides_given[NODES_KEY] = options[NODES_KEY]
     return ComposedRecipe(task, hardware, config, meta, overrides_given)
 
 

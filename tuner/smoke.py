@@ -38,6 +38,7 @@ from rich.table import Table
 from tuner.containers import run_in_image, should_dispatch
 from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
+from tuner.launch import launcher_args
 from tuner.logged import run_logged
 from tuner.memory import GIB
 from tuner.options import Option, choice, parse_options, positive_int, split_options
@@ -45,7 +46,7 @@ from tuner.plan import PLAN_OPTIONS, Plan, make_plan
 from tuner.project import ROOT, portable
 from tuner.random_weights import random_weights_folder
 from tuner.recipes import ComposedRecipe, compose
-from tuner.train import axolotl_env, ensure_base_model, launcher_args
+from tuner.train import axolotl_env, ensure_base_model
 from tuner.validation import validate
 
 # The project's own options, beside Axolotl's keys as overrides.

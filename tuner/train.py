@@ -25,6 +25,7 @@ from tuner.containers import driver_problem, host_driver, in_image, run_in_image
 from tuner.doctor import multi_gpu_preflight, unified_memory_preflight
 from tuner.errors import TunerError
 from tuner.hardware import check_machine, detect_gpus, gpu_profile
+from tuner.launch import Rendezvous, launcher_args, multi_process, rendezvous
 from tuner.logged import run_logged
 from tuner.manifest import (
     dataset_fingerprints,
@@ -59,9 +60,12 @@ TRAIN_OPTIONS = {**RECIPE_OPTIONS, **SEEDS_OPTIONS}
 
 
 def write_config(recipe: ComposedRecipe) -> Path:
+    """Atomically: the machines of a multi-node run may write the same file at once."""
     out = recipe.run_dir / "config.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(recipe.to_yaml())
+    partial = out.with_name(f"config.yaml.{os.getpid()}.partial")
+    partial.write_text(recipe.to_yaml())
+    partial.replace(out)
     return out
 
 
@@ -143,22 +147,6 @@ def chat_record(recipe: ComposedRecipe) -> dict[str, Any]:
     }
 
 
-def launcher_args(recipe: ComposedRecipe) -> list[str]:
-    """accelerate for several devices, one process each; for one device Axolotl's
-    `python` launcher trains in the `axolotl` process itself, without starting another
-    (accelerate's, Axolotl's default) that imports torch and Axolotl again."""
-    if multi_process(recipe):
-        count = gpu_profile(recipe.meta, recipe.hardware).count
-        return ["--launcher", "accelerate", "--", "--num_processes", str(count)]
-    return ["--launcher", "python"]
-
-
-def multi_process(recipe: ComposedRecipe) -> bool:
-    """One training process per GPU of a multi-GPU target."""
-    profile = gpu_profile(recipe.meta, recipe.hardware)
-    return profile is not None and profile.count > 1
-
-
 def dispatched(recipe: ComposedRecipe, overrides: list[str], fresh: bool) -> bool:
     """A GPU target trains inside its image where Docker runs: hand the command over
     (after checking the host's driver can run the image's CUDA). True if handed over."""
@@ -170,7 +158,8 @@ def dispatched(recipe: ComposedRecipe, overrides: list[str], fresh: bool) -> boo
             raise TunerError(problem)
     if dispatch:
         again = ["train", recipe.task, recipe.hardware, *overrides, *(["--fresh"] if fresh else [])]
-        run_in_image(recipe.hardware, again)
+        # Several machines meet on the host's network: the rendezvous port is there.
+        run_in_image(recipe.hardware, again, host_network=recipe.nodes > 1)
     return dispatch
 
 
@@ -241,6 +230,7 @@ def train(
     report = validate(recipe)
     if not report.ok:
         raise TunerError(report.summary())
+    meeting = rendezvous(recipe.nodes)
     if dispatched(recipe, overrides, fresh):
         return recipe
     profile = gpu_profile(recipe.meta, hardware)
@@ -248,6 +238,9 @@ def train(
     if profile is not None:
         check_machine(hardware, profile, detected)
 
+    if meeting is not None and not meeting.primary:
+        train_beside_the_primary(recipe, meeting)
+        return recipe
     out = recipe.run_dir
     trackers = chosen_trackers(recipe.config, out, os.environ)
     resumed_from = prepare_folder(recipe, fresh)
@@ -271,10 +264,12 @@ def train(
         # `axolotl train` tokenizes the data itself when none is prepared. Preprocessing
         # first (Axolotl's README: "optional but recommended") spares each of several
         # processes doing it; for one process it is one more start of Axolotl. A resumed
-        # run's data was prepared by the attempt that wrote its checkpoints.
-        if multi_process(recipe) and not resumed_from:
+        # run's data was prepared by the attempt that wrote its checkpoints. Over several
+        # machines Axolotl's first process prepares it while the others wait.
+        if multi_process(recipe) and not resumed_from and meeting is None:
             run_logged(["axolotl", "preprocess", rel_config], env, log, RESUME_HINT)
-        command = ["axolotl", "train", rel_config, *trackers.axolotl_args, *launcher_args(recipe)]
+        launcher = launcher_args(recipe, meeting)
+        command = ["axolotl", "train", rel_config, *trackers.axolotl_args, *launcher]
         run_logged(command, env, log, RESUME_HINT)
     except BaseException:
         manifest.update(status="failed", wall_time_s=round(time.monotonic() - start, 1))
@@ -282,6 +277,19 @@ def train(
         raise
     finish_manifest(manifest_path, manifest, out, time.monotonic() - start)
     return recipe
+
+
+def train_beside_the_primary(recipe: ComposedRecipe, meeting: Rendezvous) -> None:
+    """A machine other than the first of a multi-node run: the same config, its own
+    log, its processes joining the first machine's; the record is the first's."""
+    config_path = write_config(recipe)
+    log = recipe.run_dir / "logs" / f"axolotl.node-{meeting.node_rank}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = axolotl_env(recipe, chosen_trackers(recipe.config, recipe.run_dir, os.environ))
+    ensure_base_model(recipe, env, log)
+    rel_config = os.path.relpath(config_path, ROOT)
+    command = ["axolotl", "train", rel_config, *launcher_args(recipe, meeting)]
+    run_logged(command, env, log, RESUME_HINT)
 
 
 def train_seeds(
