@@ -15,6 +15,10 @@ default:
 setup:
     @bash scripts/bootstrap.sh
 
+# Write a Slurm job that trains TASK on HW over several machines (nodes=N, partition=)
+slurm task hw *overrides: setup
+    {{python}} -m tuner slurm "$@"
+
 # Train the instruction recipe on CPU with the embedded model, then evaluate base vs tuned
 demo *overrides: setup
     {{python}} -m tuner demo "$@"

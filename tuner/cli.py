@@ -89,6 +89,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     out.print(f"Done. Adapter, config, logs and manifest.json in {folders}")
 
 
+def cmd_slurm(args: argparse.Namespace) -> None:
+    from tuner.slurm import write_job
+
+    job = write_job(args.task, args.hardware, args.overrides)
+    out.print(f"Wrote {job.path}: {job.nodes} machines. Submit it with `sbatch {job.path}`.")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tuner.demo import demo
 
@@ -329,6 +336,18 @@ COMMANDS = (
             ),
         ),
         options=("tuner.train:TRAIN_OPTIONS",),
+        own=True,
+    ),
+    Command(
+        "slurm",
+        "a Slurm batch job that trains TASK on HW over several machines",
+        cmd_slurm,
+        (*TASK_HW, OVERRIDES),
+        description="Writes runs/TASK-HW/train.sbatch: one task per machine, each running "
+        "`just train TASK HW nodes=N …` (or the target's image, image=true) with MASTER_ADDR "
+        "set to the job's first host and NODE_RANK to SLURM_NODEID. The checkout must lie on "
+        "a filesystem every machine sees. Submit it with sbatch.",
+        options=("tuner.slurm:OPTIONS", "tuner.recipes:RECIPE_OPTIONS"),
         own=True,
     ),
     Command(
