@@ -338,3 +338,26 @@ def test_publish_data_of_filtered_records_gives_the_filter_and_decontamination(
     assert card.data.license == "cc-by-4.0"
     assert f"kept {stats.kept} of {stats.input_records}" in card.text
     assert "Decontamination: 1 removed for overlapping the evaluation sets eval.jsonl" in card.text
+
+
+@pytest.mark.slow
+def test_the_ray_executor_keeps_what_the_local_executor_keeps(corpus, filtered, tmp_path):
+    """`just filter … executor=ray workers=2`: the same datatrove steps as Ray tasks on a
+    cluster started on loopback for the run (Ray lives in the inference environment,
+    where the Justfile runs the filter)."""
+    from tests.infer_env import run_infer
+
+    path, _ = corpus
+    local_out, local_stats = filtered
+    eval_set = tmp_path / "eval.jsonl"
+    eval_set.write_text(json.dumps({"question": GOOD_ANSWER[:120], "answer": "B"}) + "\n")
+    out = tmp_path / "ray"
+    done = run_infer(
+        "filter", str(path), f"out={out}", "workers=2", f"against={eval_set}", "executor=ray"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "filter: rules (2 task(s), 2 worker(s), ray)" in done.stderr
+    assert (out / "kept.jsonl").read_text() == (local_out / "kept.jsonl").read_text()
+    assert json.loads((out / "stats.json").read_text())["removed_by_rule"] == (
+        local_stats.removed_by_rule
+    )

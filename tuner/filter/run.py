@@ -1,7 +1,14 @@
-"""Runs the filter stages on datatrove's local executor and writes the outputs."""
+"""Runs the filter stages on one of datatrove's executors and writes the outputs.
+
+`executor=local` (the default) runs each stage's tasks in processes here. `executor=ray`
+runs the same steps as Ray tasks: on the cluster RAY_ADDRESS names, or on one started
+here on loopback for the run, with a worker per `workers=`. A Ray cluster's machines
+must all see the output folder (a shared filesystem), as datatrove's Ray executor
+expects."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +34,7 @@ from tuner.filter.pipeline import (
     record_id,
 )
 from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
-from tuner.options import Option, parse_options, positive_int
+from tuner.options import Option, choice, parse_options, positive_int
 from tuner.records import text_lines, write_records
 
 
@@ -56,6 +63,12 @@ OPTIONS = {
     "workers": Option(positive_int, min(2, os.cpu_count() or 1), "processes"),
     "tasks": Option(positive_int, None, "shards; as many as workers"),
     "tiers": Option(sizes, [], "comma list of sizes: the top-K records by quality score"),
+    "executor": Option(
+        choice("local", "ray"),
+        "local",
+        "datatrove's executor: local processes, or ray (RAY_ADDRESS's cluster, else one "
+        "started on loopback)",
+    ),
 }
 
 
@@ -101,7 +114,8 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
             # earlier run's folder the shards begun.
             shutil.rmtree(out if created else work / "shards.partial", ignore_errors=True)
             raise
-    run_stages(work, preset, eval_ngrams, tasks, options["workers"], console)
+    stage_list = stages(work, preset, eval_ngrams, tasks)
+    run_stages(work, stage_list, options["workers"], options["executor"], console)
     with console.status("Writing kept and rejected records…"):
         return write_outputs(out, work, preset, options["tiers"], options, inputs)
 
@@ -203,23 +217,66 @@ def stages(
 
 
 def run_stages(
-    work: Path,
-    preset: FilterPreset,
-    eval_ngrams: EvalNgrams | None,
-    tasks: int,
-    workers: int,
-    console: Console,
+    work: Path, stage_list: list[Stage], workers: int, executor: str, console: Console
 ) -> None:
-    from datatrove.executor import LocalPipelineExecutor
+    """Each stage after the one before, its tasks on `executor`; a re-run skips the tasks
+    datatrove recorded as done."""
+    with ray_cluster(workers, console) if executor == "ray" else contextlib.nullcontext():
+        for name, pipeline, n_tasks in stage_list:
+            console.print(
+                f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s), {executor})"
+            )
+            settings = {
+                "pipeline": pipeline,
+                "tasks": n_tasks,
+                "workers": min(workers, n_tasks),
+                "logging_dir": str(work / "logs" / name),
+            }
+            if executor == "ray":
+                from datatrove.executor.ray import RayPipelineExecutor
 
-    for name, pipeline, n_tasks in stages(work, preset, eval_ngrams, tasks):
-        console.print(f"[bold]filter:[/bold] {name} ({n_tasks} task(s), {workers} worker(s))")
-        LocalPipelineExecutor(
-            pipeline=pipeline,
-            tasks=n_tasks,
-            workers=min(workers, n_tasks),
-            logging_dir=str(work / "logs" / name),
-        ).run()
+                # A Ray job per worker, each running its share of the tasks: a job is a
+                # process that imports the pipeline's code first, seconds each.
+                share = -(-n_tasks // settings["workers"])
+                RayPipelineExecutor(
+                    **settings, cpus_per_task=1, mem_per_cpu_gb=1, tasks_per_job=share
+                ).run()
+            else:
+                from datatrove.executor import LocalPipelineExecutor
+
+                LocalPipelineExecutor(**settings).run()
+
+
+@contextlib.contextmanager
+def ray_cluster(workers: int, console: Console) -> Iterator[None]:
+    """Connected to RAY_ADDRESS's cluster, or to one started here on loopback for the
+    run (a CPU per worker, no dashboard), and disconnected after."""
+    try:
+        import ray
+    except ImportError:
+        raise TunerError(
+            "filter: executor=ray needs Ray in the inference environment: "
+            ".venvs/infer/bin/pip install 'ray==2.60.0' (or run executor=local)."
+        ) from None
+    address = os.environ.get("RAY_ADDRESS")
+    with console.status(
+        f"Connecting to the Ray cluster at {address}…"
+        if address
+        else f"Starting a Ray cluster here on loopback ({workers} CPUs)…"
+    ):
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+            )
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def documents(folder: Path) -> Iterator[dict[str, Any]]:
