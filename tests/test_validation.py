@@ -97,3 +97,11 @@ def test_values_axolotl_leaves_unbounded_are_range_checked(override, key, bound)
     report = validate(compose("math", "a100", [override]))
     assert [p.key for p in report.problems] == [key]
     assert bound in report.problems[0].message
+
+
+@pytest.mark.parametrize("plugins", ["[nonexistent.Plugin]", "[tuner.recipes.NoSuchPlugin]", "[7]"])
+def test_a_plugin_that_does_not_load_is_a_problem_named_by_its_place(plugins, capfd):
+    report = validate(compose("math", "a100", [f"plugins={plugins}"]))
+    [problem] = report.problems
+    assert problem.key == "plugins[0]" and "does not load as an Axolotl plugin" in problem.message
+    assert "Traceback" not in capfd.readouterr().err  # Axolotl's registry prints one

@@ -116,29 +116,60 @@ def _schema_fields() -> tuple[set[str], set[str]]:
     return names(AxolotlInputConfig), names(SFTDataset) | names(DPODataset)
 
 
-def plugin_fields(plugins: list[str]) -> set[str]:
-    """The config keys the named Axolotl plugins add (their input args)."""
+def plugin_fields(plugins: list[Any]) -> tuple[set[str], list[Problem]]:
+    """The config keys the named Axolotl plugins add (their input args), and a problem
+    for each plugin that does not load (Axolotl's registry only logs the failure)."""
     import importlib
 
     from axolotl.integrations.base import PluginManager
 
     manager = PluginManager.get_instance()
     fields: set[str] = set()
-    for name in plugins:
-        manager.register(name)
+    problems = []
+    for index, name in enumerate(plugins):
+        if loadable(name):
+            manager.register(name)
+        if name not in manager.plugins:
+            problems.append(
+                Problem(
+                    f"plugins[{index}]",
+                    f"{name!r} does not load as an Axolotl plugin: give it as module.Class, "
+                    "with the module importable in the training environment.",
+                )
+            )
+            continue
         args = manager.plugins[name].get_input_args()
         if args:
             module, cls = args.rsplit(".", 1)
             fields |= set(getattr(importlib.import_module(module), cls).model_fields)
-    return fields
+    return fields, problems
+
+
+def loadable(plugin: Any) -> bool:
+    """`module.Class` names a class, the module found as Axolotl looks for it (under
+    axolotl.integrations, then as it is): checked first, because Axolotl's registry
+    prints a traceback for a plugin that does not load."""
+    import importlib
+
+    if not isinstance(plugin, str) or "." not in plugin:
+        return False
+    module, cls = plugin.rsplit(".", 1)
+    for candidate in (f"axolotl.integrations.{module}", module):
+        try:
+            return hasattr(importlib.import_module(candidate), cls)
+        except ImportError:
+            continue
+    return False
 
 
 def unknown_keys(config: dict[str, Any]) -> list[Problem]:
     """Axolotl drops keys it does not know without a word; a typo then silently trains
     with the default. Report each with the nearest valid key."""
     top_fields, dataset_fields = _schema_fields()
-    top_fields = top_fields | plugin_fields(config.get("plugins") or [])
-    problems = [_unknown(key, key, top_fields) for key in config if key not in top_fields]
+    plugins = config.get("plugins") or []
+    added, problems = plugin_fields(plugins if isinstance(plugins, list) else [plugins])
+    top_fields = top_fields | added
+    problems += [_unknown(key, key, top_fields) for key in config if key not in top_fields]
     for index, entry in enumerate(config.get("datasets") or []):
         if isinstance(entry, dict):
             problems += [
