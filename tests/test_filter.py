@@ -361,3 +361,54 @@ def test_the_ray_executor_keeps_what_the_local_executor_keeps(corpus, filtered, 
     assert json.loads((out / "stats.json").read_text())["removed_by_rule"] == (
         local_stats.removed_by_rule
     )
+
+
+def test_the_slurm_executor_writes_a_job_array_per_stage_that_runs_as_slurm_would(corpus, tmp_path):
+    """`executor=slurm dry_run=true`: datatrove's Slurm jobs, chained stage after stage,
+    kept by the stand-in for sbatch. Slurm is not here: the first stage's job script is
+    then run as Slurm runs an array, once per SLURM_ARRAY_TASK_ID, with a stand-in srun
+    that runs its command and a stand-in scontrol that names this machine; datatrove
+    records both tasks done."""
+    import os
+    import shutil
+    import subprocess
+
+    path, _ = corpus
+    out = tmp_path / "out"
+    base = [f"out={out}", "workers=2", "against=none", "executor=slurm"]
+    with pytest.raises(TunerError, match="partition=NAME"):
+        filter_records(str(path), base, QUIET)
+    if shutil.which("sbatch") is None:
+        with pytest.raises(TunerError, match="sbatch, which is not on this machine"):
+            filter_records(str(path), [*base, "partition=debug"], QUIET)
+    submitted = filter_records(str(path), [*base, "partition=debug", "dry_run=true"], QUIET)
+    assert submitted.dry_run and submitted.job_ids
+    stages = [s for s in submitted.scripts if "launch_pickled_pipeline" in s.read_text()]
+    names = [re.search(r"--job-name=(\S+)", s.read_text())[1] for s in stages]
+    assert names == [
+        "filter-rules",
+        "filter-minhash-buckets",
+        "filter-minhash-clusters",
+        "filter-remove-near-duplicates",
+    ]
+    first, second = (s.read_text() for s in stages[:2])
+    assert "#SBATCH --partition=debug" in first and "#SBATCH --array=0-1%2" in first
+    assert f"source {Path(os.sys.executable).with_name('activate')}" in first
+    first_id = submitted.scripts.index(stages[0]) + 1  # the stand-in numbers them in order
+    assert f"--dependency=afterok:{first_id}" in second.splitlines()[0]
+
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "srun").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # drops -l -n 1
+    (stand_ins / "scontrol").write_text("#!/bin/sh\necho localhost\n")
+    for tool in stand_ins.iterdir():
+        tool.chmod(0o755)
+    for task in ("0", "1"):
+        env = {**os.environ, "PATH": f"{stand_ins}:{os.environ['PATH']}"}
+        env |= {"SLURM_ARRAY_TASK_ID": task, "SLURM_NODELIST": "localhost"}
+        ran = subprocess.run(["bash", str(stages[0])], env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+    assert sorted(p.name for p in (out / "work/logs/rules/completions").iterdir()) == [
+        "00000",
+        "00001",
+    ]

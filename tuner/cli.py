@@ -115,8 +115,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_filter(args: argparse.Namespace) -> None:
     from tuner.filter.run import filter_records
+    from tuner.filter.slurm_jobs import SlurmSubmission
 
     stats = filter_records(args.input, args.options, err)
+    if isinstance(stats, SlurmSubmission):
+        if stats.dry_run:
+            out.print(
+                f"Dry run: {len(stats.scripts)} job scripts in {stats.work / 'slurm-dry-run'}"
+            )
+        else:
+            out.print(f"Submitted Slurm jobs {', '.join(stats.job_ids)}.")
+        out.print("Once they have finished, the same command writes the outputs.")
+        return
     out.print(
         f"Kept {stats.kept} of {stats.input_records} records "
         f"({stats.kept_fraction:.1%}); removed by rule: {stats.removed_by_rule}"

@@ -2,9 +2,9 @@
 
 `executor=local` (the default) runs each stage's tasks in processes here. `executor=ray`
 runs the same steps as Ray tasks: on the cluster RAY_ADDRESS names, or on one started
-here on loopback for the run, with a worker per `workers=`. A Ray cluster's machines
-must all see the output folder (a shared filesystem), as datatrove's Ray executor
-expects."""
+here on loopback for the run, with a worker per `workers=`. `executor=slurm` submits them
+as Slurm jobs (tuner/filter/slurm_jobs.py). A cluster's machines must all see the output
+folder (a shared filesystem), as datatrove's executors expect."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from tuner.filter.pipeline import (
     record_id,
 )
 from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
+from tuner.filter.slurm_jobs import SlurmSubmission, submit
 from tuner.options import Option, choice, parse_options, positive_int
 from tuner.records import text_lines, write_records
 
@@ -64,10 +65,15 @@ OPTIONS = {
     "tasks": Option(positive_int, None, "shards; as many as workers"),
     "tiers": Option(sizes, [], "comma list of sizes: the top-K records by quality score"),
     "executor": Option(
-        choice("local", "ray"),
+        choice("local", "ray", "slurm"),
         "local",
-        "datatrove's executor: local processes, or ray (RAY_ADDRESS's cluster, else one "
-        "started on loopback)",
+        "datatrove's executor: local processes; ray (RAY_ADDRESS's cluster, else one "
+        "started on loopback); slurm (a job array per stage, submitted with sbatch)",
+    ),
+    "partition": Option(str, None, "executor=slurm: the partition to queue in"),
+    "time": Option(str, "4:00:00", "executor=slurm: each stage's time limit"),
+    "dry_run": Option(
+        choice("true", "false"), "false", "executor=slurm: write the jobs, submit nothing"
     ),
 }
 
@@ -81,7 +87,11 @@ def fingerprint(inputs: list[Path], preset: FilterPreset, against: list[Path], t
     return digest.hexdigest()[:16]
 
 
-def filter_records(input_arg: str, option_pairs: list[str], console: Console) -> report.FilterStats:
+def filter_records(
+    input_arg: str, option_pairs: list[str], console: Console
+) -> report.FilterStats | SlurmSubmission:
+    """The filter's outputs, written; or, with executor=slurm and stages not finished,
+    what was submitted to Slurm (the same command writes the outputs afterwards)."""
     options = parse_options(option_pairs, OPTIONS, "filter")
     if options["against"] is None:
         options["against"] = local_evaluation_sets()
@@ -115,7 +125,12 @@ def filter_records(input_arg: str, option_pairs: list[str], console: Console) ->
             shutil.rmtree(out if created else work / "shards.partial", ignore_errors=True)
             raise
     stage_list = stages(work, preset, eval_ngrams, tasks)
-    run_stages(work, stage_list, options["workers"], options["executor"], console)
+    if options["executor"] == "slurm":
+        submission = submit(work, stage_list, options, console)
+        if submission is not None:
+            return submission
+    else:
+        run_stages(work, stage_list, options["workers"], options["executor"], console)
     with console.status("Writing kept and rejected records…"):
         return write_outputs(out, work, preset, options["tiers"], options, inputs)
 
