@@ -69,14 +69,11 @@ class Clone:
         )
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.CompletedProcess]:
-    """The README's first command in a fresh copy: `.venvs/bin/just demo`."""
-    root = tmp_path_factory.mktemp("fresh") / "repo"
-    copy_working_tree(root)
-    (root / ".venvs").symlink_to(ROOT / ".venvs", target_is_directory=True)
-    demo = subprocess.Popen(
-        [str(root / ".venvs" / "bin" / "just"), "demo"],
+def started(command: list[str], root: Path) -> subprocess.Popen:
+    """A command in the copy, in a process group of its own (its children die with it),
+    its output piped."""
+    return subprocess.Popen(
+        command,
         cwd=root,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -84,6 +81,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.Co
         text=True,
         start_new_session=True,
     )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clone, subprocess.CompletedProcess]:
+    """The README's first command in a fresh copy: `.venvs/bin/just demo`."""
+    root = tmp_path_factory.mktemp("fresh") / "repo"
+    copy_working_tree(root)
+    (root / ".venvs").symlink_to(ROOT / ".venvs", target_is_directory=True)
+    demo = started([str(root / ".venvs" / "bin" / "just"), "demo"], root)
     try:
         stdout, stderr = demo.communicate(timeout=2700)
     except subprocess.TimeoutExpired:
@@ -345,14 +351,8 @@ def test_serve_answers_as_the_adapter_and_as_the_base_and_stops_on_sigint(demo):
     clone, _ = demo
     port = free_port()
     python = clone.root / ".venvs/infer/bin/python"
-    server = subprocess.Popen(
-        [str(python), "-m", "tuner", "serve", "instruction", "cpu", f"port={port}"],
-        cwd=clone.root,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    server = started(
+        [str(python), "-m", "tuner", "serve", "instruction", "cpu", f"port={port}"], clone.root
     )
     try:
         printed = []

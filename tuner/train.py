@@ -285,10 +285,13 @@ def train_beside_the_primary(recipe: ComposedRecipe, meeting: Rendezvous) -> Non
     config_path = write_config(recipe)
     log = recipe.run_dir / "logs" / f"axolotl.node-{meeting.node_rank}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = axolotl_env(recipe, chosen_trackers(recipe.config, recipe.run_dir, os.environ))
+    trackers = chosen_trackers(recipe.config, recipe.run_dir, os.environ)
+    env = axolotl_env(recipe, trackers)
     ensure_base_model(recipe, env, log)
     rel_config = os.path.relpath(config_path, ROOT)
-    command = ["axolotl", "train", rel_config, *launcher_args(recipe, meeting)]
+    # The same settings as the first machine's processes: the trackers' included.
+    launcher = launcher_args(recipe, meeting)
+    command = ["axolotl", "train", rel_config, *trackers.axolotl_args, *launcher]
     run_logged(command, env, log, RESUME_HINT)
 
 
