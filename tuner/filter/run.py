@@ -291,7 +291,27 @@ def ray_cluster(workers: int, console: Console) -> Iterator[None]:
     try:
         yield
     finally:
+        # A cluster started here ends with the run: its daemons (the raylet's agents
+        # among them) can outlive ray.shutdown(), holding this process's output open.
+        import psutil  # vLLM's and Ray's dependency
+
+        started = [] if address else psutil.Process().children(recursive=True)
         ray.shutdown()
+        stop_processes(started)
+
+
+def stop_processes(processes: list[Any]) -> None:
+    """SIGTERM to those still running, SIGKILL to those left after ten seconds."""
+    import psutil
+
+    alive = [process for process in processes if process.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, left = psutil.wait_procs(alive, timeout=10)
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def documents(folder: Path) -> Iterator[dict[str, Any]]:
