@@ -99,7 +99,9 @@ def test_values_axolotl_leaves_unbounded_are_range_checked(override, key, bound)
     assert bound in report.problems[0].message
 
 
-@pytest.mark.parametrize("plugins", ["[nonexistent.Plugin]", "[tuner.recipes.NoSuchPlugin]", "[7]"])
+@pytest.mark.parametrize(
+    "plugins", ["[nonexistent.Plugin]", "[tuner.recipes.NoSuchPlugin]", "[7]", "[{a: 1}]"]
+)
 def test_a_plugin_that_does_not_load_is_a_problem_named_by_its_place(plugins, capfd):
     report = validate(compose("math", "a100", [f"plugins={plugins}"]))
     [problem] = report.problems

@@ -129,7 +129,7 @@ def plugin_fields(plugins: list[Any]) -> tuple[set[str], list[Problem]]:
     for index, name in enumerate(plugins):
         if loadable(name):
             manager.register(name)
-        if name not in manager.plugins:
+        if not isinstance(name, str) or name not in manager.plugins:
             problems.append(
                 Problem(
                     f"plugins[{index}]",
