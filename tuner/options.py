@@ -5,6 +5,7 @@ declaration, so they cannot drift apart."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,3 +88,10 @@ def choice(*allowed: str) -> Callable[[str], str]:
         return raw
 
     return convert
+
+
+def slurm_time(raw: str) -> str:
+    """A Slurm job's time limit, as sbatch's --time takes it."""
+    if not re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", raw):
+        raise ValueError("give Slurm's time limit as HH:MM:SS or D-HH:MM:SS")
+    return raw

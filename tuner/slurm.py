@@ -12,7 +12,6 @@ every machine instead (Docker on the host network, as `just train` dispatches it
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +21,12 @@ from tuner.containers import image_tag, run_command
 from tuner.errors import TunerError
 from tuner.hardware import gpu_profile
 from tuner.launch import processes_per_node
-from tuner.options import Option, Options, choice, parse_options, split_options
+from tuner.options import Option, Options, choice, parse_options, slurm_time, split_options
 from tuner.project import ROOT
 from tuner.recipes import ComposedRecipe, compose
 from tuner.validation import validate
 
 RENDEZVOUS_PORT = 29500
-
-
-def slurm_time(raw: str) -> str:
-    if not re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", raw):
-        raise ValueError("give Slurm's time limit as HH:MM:SS or D-HH:MM:SS")
-    return raw
 
 
 OPTIONS: Options = {

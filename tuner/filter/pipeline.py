@@ -1,6 +1,6 @@
 """`just filter INPUT`: rules, exact and near-duplicate removal and decontamination, run
-as datatrove pipelines on its local executor, or its Ray executor (`executor=ray`) for
-inputs beyond one machine.
+as datatrove pipelines on its local executor, or on its Ray or Slurm executor
+(`executor=ray`, `executor=slurm`) for inputs beyond one machine.
 
 Stages, each resumable (datatrove skips the tasks it logged as complete):
   0. read:  every input line is checked (file:line errors before anything runs),

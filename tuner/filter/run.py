@@ -35,7 +35,7 @@ from tuner.filter.pipeline import (
 )
 from tuner.filter.rules import FilterPreset, NearDuplicates, load_preset
 from tuner.filter.slurm_jobs import SlurmSubmission, submit
-from tuner.options import Option, choice, parse_options, positive_int
+from tuner.options import Option, choice, parse_options, positive_int, slurm_time
 from tuner.records import text_lines, write_records
 
 
@@ -71,7 +71,7 @@ OPTIONS = {
         "started on loopback); slurm (a job array per stage, submitted with sbatch)",
     ),
     "partition": Option(str, None, "executor=slurm: the partition to queue in"),
-    "time": Option(str, "4:00:00", "executor=slurm: each stage's time limit"),
+    "time": Option(slurm_time, "4:00:00", "executor=slurm: each stage's time limit"),
     "dry_run": Option(
         choice("true", "false"), "false", "executor=slurm: write the jobs, submit nothing"
     ),
