@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,7 @@ def ray_cluster(workers: int, console: Console) -> Iterator[None]:
             ".venvs/infer/bin/pip install 'ray==2.60.0' (or run executor=local)."
         ) from None
     address = os.environ.get("RAY_ADDRESS")
+    began = time.time()
     with console.status(
         f"Connecting to the Ray cluster at {address}…"
         if address
@@ -297,6 +299,16 @@ def ray_cluster(workers: int, console: Console) -> Iterator[None]:
 
         started = [] if address else psutil.Process().children(recursive=True)
         ray.shutdown()
+        if not address:
+            # Agents the raylet started, orphaned by the time they are looked for: Ray's
+            # processes that now belong to no one and began after this run's cluster.
+            started += [
+                process
+                for process in psutil.process_iter(["name", "ppid", "create_time"])
+                if process.info["name"].startswith("ray::")
+                and process.info["ppid"] == 1
+                and process.info["create_time"] >= began
+            ]
         stop_processes(started)
 
 
